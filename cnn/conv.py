@@ -1,0 +1,91 @@
+"""2-D convolution as one function with selectable implementations.
+
+`conv2d` is what every convolution layer of the library calls. `impl` picks how it is
+computed:
+
+- ``"xla"``: `lax.conv_general_dilated`, the reference and the fastest on GPU/TPU.
+- ``"auto"``: the fastest known implementation for the current backend.
+
+Other implementations register themselves in `CONV_IMPLS` (see `register_impl`), so a
+faster kernel for one backend is one function, checked against ``"xla"`` in the tests.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence, Union
+
+import jax
+from jax import lax
+
+from cnn.errors import ConfigError, unknown_choice
+
+Padding = Union[str, int, Sequence[int], Sequence[tuple[int, int]]]
+PairPadding = Union[str, tuple[tuple[int, int], tuple[int, int]]]
+
+DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def pair(value: int | Sequence[int], name: str = "value") -> tuple[int, int]:
+  """(h, w) from an int or a pair; the course writes square kernels as one number."""
+  if isinstance(value, int):
+    return (value, value)
+  value = tuple(int(v) for v in value)
+  if len(value) != 2:
+    raise ConfigError(f"{name} must be an int or a pair of ints, got {value!r}.")
+  return value  # type: ignore[return-value]
+
+
+def normalize_padding(padding: Padding) -> PairPadding:
+  """'SAME' / 'VALID' as given; P, (P_h, P_w) or ((lo, hi), (lo, hi)) as explicit pairs."""
+  if isinstance(padding, str):
+    upper = padding.upper()
+    if upper not in ("SAME", "VALID"):
+      raise ConfigError(
+          f"Padding must be 'SAME', 'VALID' or integers, got {padding!r}.")
+    return upper
+  if isinstance(padding, int):
+    return ((padding, padding), (padding, padding))
+  padding = tuple(padding)
+  if len(padding) == 2 and all(isinstance(p, int) for p in padding):
+    return ((padding[0], padding[0]), (padding[1], padding[1]))
+  if len(padding) == 2 and all(len(p) == 2 for p in padding):
+    return tuple((int(lo), int(hi)) for lo, hi in padding)  # type: ignore[return-value]
+  raise ConfigError(f"Cannot read padding {padding!r}; use 'SAME', 'VALID', P or (P_h, P_w).")
+
+
+def conv_xla(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+             padding: PairPadding, dilation: tuple[int, int], groups: int) -> jax.Array:
+  """The reference: XLA's own convolution."""
+  return lax.conv_general_dilated(
+      x, kernel, window_strides=strides, padding=padding, rhs_dilation=dilation,
+      dimension_numbers=DIMENSION_NUMBERS, feature_group_count=groups)
+
+
+ConvImpl = Callable[..., jax.Array]
+CONV_IMPLS: dict[str, ConvImpl] = {"xla": conv_xla}
+# Per backend, the implementation "auto" resolves to; backends not listed use "xla".
+AUTO_IMPL: dict[str, str] = {}
+
+
+def register_impl(name: str, fn: ConvImpl, *, auto_for: Sequence[str] = ()) -> None:
+  """Adds a convolution implementation; `auto_for` names backends where it is fastest."""
+  CONV_IMPLS[name] = fn
+  for backend in auto_for:
+    AUTO_IMPL[backend] = name
+
+
+def resolve_impl(impl: str) -> str:
+  """The concrete implementation name for `impl` on the default backend."""
+  if impl == "auto":
+    return AUTO_IMPL.get(jax.default_backend(), "xla")
+  if impl not in CONV_IMPLS:
+    raise unknown_choice("conv_impl", impl, list(CONV_IMPLS) + ["auto"])
+  return impl
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, *, strides: int | Sequence[int] = 1,
+           padding: Padding = "SAME", dilation: int | Sequence[int] = 1,
+           groups: int = 1, impl: str = "xla") -> jax.Array:
+  """NHWC convolution with an HWIO kernel (I = input channels / groups)."""
+  return CONV_IMPLS[resolve_impl(impl)](
+      x, kernel, pair(strides, "strides"), normalize_padding(padding),
+      pair(dilation, "dilation"), groups)

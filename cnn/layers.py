@@ -1,0 +1,391 @@
+"""The layers of the course as pure functions and Flax Linen modules (NHWC).
+
+Pure functions hold the math the slides teach (`conv_output_size`, `local_response_norm`,
+`apply_kernel`); modules wrap them with parameters. Every module that changes the
+spatial size checks the course's rule ``(N - F + 2P) / S + 1`` at trace time, so an
+impossible configuration fails with one sentence that names the layer and the numbers
+instead of an XLA error.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from cnn import conv as conv_lib
+from cnn.conv import Padding, normalize_padding, pair
+from cnn.errors import ConfigError, unknown_choice
+
+Array = jax.Array
+Dtype = Any
+
+# He et al. (2015) initialisation, used by the papers from VGG on.
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+# ----------------------------------------------------------------------------------
+# Output size: the course's rule
+# ----------------------------------------------------------------------------------
+
+def conv_output_size(n: int, f: int, padding: int | tuple[int, int] | str = 0,
+                     stride: int = 1, dilation: int = 1, *,
+                     layer: str = "layer") -> int:
+  """Output length of a convolution or pooling window along one axis.
+
+  ``(N - F + 2P) / S + 1`` with the dilated filter size ``F = d (F - 1) + 1``. Padding
+  is P (both sides), (lo, hi), 'VALID' (P = 0) or 'SAME' (output ceil(N / S), the
+  TensorFlow rule). A fractional result is illegal, as in the course, and so is a
+  result below 1: both raise ConfigError naming `layer` and the numbers.
+  """
+  f_eff = dilation * (f - 1) + 1
+  if isinstance(padding, str):
+    if padding.upper() == "SAME":
+      return -(-n // stride)
+    padding = 0
+  lo, hi = (padding, padding) if isinstance(padding, int) else padding
+  span = n - f_eff + lo + hi
+  size = span / stride + 1
+  pad_txt = f"2*{lo}" if lo == hi else f"{lo}+{hi}"
+  formula = f"({n} - {f_eff} + {pad_txt}) / {stride} + 1 = {size:g}"
+  if span < 0:
+    raise ConfigError(
+        f"{layer}: input of size {n} is smaller than its {f_eff}-wide window "
+        f"({formula}); use a larger input or a smaller kernel.")
+  if span % stride:
+    raise ConfigError(
+        f"{layer}: output size {formula} is fractional; change the stride, "
+        "padding or kernel size so that it divides evenly.")
+  return span // stride + 1
+
+
+def _check_spatial(x: Array, kernel: tuple[int, int], strides: tuple[int, int],
+                   padding: conv_lib.PairPadding, dilation: tuple[int, int],
+                   layer: str) -> None:
+  if x.ndim != 4:
+    raise ConfigError(f"{layer}: expects NHWC input with 4 dimensions, got shape {x.shape}.")
+  for axis in range(2):
+    pad = padding if isinstance(padding, str) else padding[axis]
+    conv_output_size(x.shape[1 + axis], kernel[axis], pad, strides[axis],
+                     dilation[axis], layer=layer)
+
+
+def _layer_name(module: nn.Module) -> str:
+  path = "/".join(module.scope.path) if module.scope is not None else ""
+  return path or type(module).__name__
+
+
+# ----------------------------------------------------------------------------------
+# Convolutions
+# ----------------------------------------------------------------------------------
+
+class Conv(nn.Module):
+  """2-D convolution: filters, kernel, stride, padding, dilation, groups, bias.
+
+  ``padding`` is 'SAME', 'VALID', P, (P_h, P_w) or ((top, bottom), (left, right)).
+  ``groups`` splits input and output channels into groups (AlexNet's two towers,
+  ResNeXt); ``groups == in_channels`` is a depthwise convolution. ``impl`` selects the
+  implementation in `cnn.conv` ('xla', 'auto', ...). ``strict=False`` floors a
+  fractional output size (PyTorch's rule) instead of rejecting it.
+  """
+  features: int
+  kernel_size: int | Sequence[int] = 3
+  strides: int | Sequence[int] = 1
+  padding: Padding = "SAME"
+  dilation: int | Sequence[int] = 1
+  groups: int = 1
+  use_bias: bool = True
+  strict: bool = True
+  impl: str = "xla"
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    name = _layer_name(self)
+    kernel_size = pair(self.kernel_size, "kernel_size")
+    strides = pair(self.strides, "strides")
+    dilation = pair(self.dilation, "dilation")
+    padding = normalize_padding(self.padding)
+    in_features = x.shape[-1]
+    if self.features <= 0 or min(kernel_size) <= 0 or min(strides) <= 0 or min(dilation) <= 0:
+      raise ConfigError(
+          f"{name}: filters, kernel size, stride and dilation must be positive, got "
+          f"{self.features}, {kernel_size}, {strides}, {dilation}.")
+    if in_features % self.groups or self.features % self.groups:
+      raise ConfigError(
+          f"{name}: groups={self.groups} must divide both the input channels "
+          f"({in_features}) and the filters ({self.features}).")
+    if self.strict:
+      _check_spatial(x, kernel_size, strides, padding, dilation, name)
+    kernel = self.param("kernel", self.kernel_init,
+                        kernel_size + (in_features // self.groups, self.features),
+                        self.param_dtype)
+    dtype = self.dtype or x.dtype
+    y = conv_lib.conv2d(x.astype(dtype), kernel.astype(dtype), strides=strides,
+                        padding=padding, dilation=dilation, groups=self.groups,
+                        impl=self.impl)
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      y = y + bias.astype(dtype)
+    return y
+
+
+class ConvTranspose(nn.Module):
+  """Transposed ("up-") convolution: output size (N - 1) S + F - 2P for padding P.
+
+  With 'VALID' padding and kernel == stride (U-Net's 2x2/2) every input pixel becomes
+  an S x S block: the output is exactly S times larger.
+  """
+  features: int
+  kernel_size: int | Sequence[int] = 2
+  strides: int | Sequence[int] = 2
+  padding: Padding = "VALID"
+  use_bias: bool = True
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return nn.ConvTranspose(
+        self.features, pair(self.kernel_size), strides=pair(self.strides),
+        padding=normalize_padding(self.padding), use_bias=self.use_bias,
+        dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+        name="deconv")(x)
+
+
+class SeparableConv(nn.Module):
+  """Depthwise-separable convolution: a depthwise KxK (one filter per input channel,
+  times `depth_multiplier`) then a 1x1 pointwise convolution to `features`.
+
+  Multiplications per output pixel: K*K*C_in*m + C_in*m*features, against
+  K*K*C_in*features for the full convolution (MobileNet, Xception).
+  """
+  features: int
+  kernel_size: int | Sequence[int] = 3
+  strides: int | Sequence[int] = 1
+  padding: Padding = "SAME"
+  dilation: int | Sequence[int] = 1
+  depth_multiplier: int = 1
+  use_bias: bool = False
+  impl: str = "xla"
+  dtype: Optional[Dtype] = None
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    channels = x.shape[-1]
+    x = Conv(channels * self.depth_multiplier, self.kernel_size, self.strides,
+             self.padding, self.dilation, groups=channels, use_bias=False,
+             impl=self.impl, dtype=self.dtype, kernel_init=self.kernel_init,
+             name="depthwise")(x)
+    return Conv(self.features, 1, use_bias=self.use_bias, impl=self.impl,
+                dtype=self.dtype, kernel_init=self.kernel_init, name="pointwise")(x)
+
+
+# ----------------------------------------------------------------------------------
+# Pooling
+# ----------------------------------------------------------------------------------
+
+def _pool_args(x: Array, window, strides, padding, layer: str, strict: bool):
+  window = pair(window, "window")
+  strides = pair(window if strides is None else strides, "strides")
+  padding = normalize_padding(padding)
+  if strict:
+    _check_spatial(x, window, strides, padding, (1, 1), layer)
+  return window, strides, padding
+
+
+def max_pool(x: Array, window: int | Sequence[int] = 2, strides=None,
+             padding: Padding = "VALID", *, layer: str = "max_pool",
+             strict: bool = True) -> Array:
+  """Max over each window (stride defaults to the window: 2x2/2 halves the size)."""
+  window, strides, padding = _pool_args(x, window, strides, padding, layer, strict)
+  return nn.max_pool(x, window, strides, padding)
+
+
+def avg_pool(x: Array, window: int | Sequence[int] = 2, strides=None,
+             padding: Padding = "VALID", *, layer: str = "avg_pool",
+             strict: bool = True) -> Array:
+  """Mean over each window; padded zeros are not counted (as in Caffe and PyTorch's
+  count_include_pad=False)."""
+  window, strides, padding = _pool_args(x, window, strides, padding, layer, strict)
+  return nn.avg_pool(x, window, strides, padding, count_include_pad=False)
+
+
+def global_avg_pool(x: Array) -> Array:
+  """(N, H, W, C) -> (N, C): the mean of each feature map."""
+  return jnp.mean(x, axis=(1, 2))
+
+
+class MaxPool(nn.Module):
+  window: int | Sequence[int] = 2
+  strides: Optional[int | Sequence[int]] = None
+  padding: Padding = "VALID"
+
+  def __call__(self, x: Array) -> Array:
+    return max_pool(x, self.window, self.strides, self.padding, layer=_layer_name(self))
+
+
+class AvgPool(nn.Module):
+  window: int | Sequence[int] = 2
+  strides: Optional[int | Sequence[int]] = None
+  padding: Padding = "VALID"
+
+  def __call__(self, x: Array) -> Array:
+    return avg_pool(x, self.window, self.strides, self.padding, layer=_layer_name(self))
+
+
+class GlobalAvgPool(nn.Module):
+  def __call__(self, x: Array) -> Array:
+    return global_avg_pool(x)
+
+
+# ----------------------------------------------------------------------------------
+# Normalisation
+# ----------------------------------------------------------------------------------
+
+class BatchNorm(nn.Module):
+  """Batch normalisation: batch statistics over N, H, W when training (and the running
+  averages updated with `momentum`), the running averages in evaluation.
+
+  ``axis_name`` averages the statistics over a named device axis (the global batch in
+  a `shard_map` step); leave it None for per-device ("ghost batch") statistics.
+  """
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  scale_init: Callable = nn.initializers.ones
+  axis_name: Optional[str] = None
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    return nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
+                        epsilon=self.epsilon, scale_init=self.scale_init,
+                        axis_name=self.axis_name, dtype=self.dtype, name="bn")(x)
+
+
+def local_response_norm(x: Array, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
+                        beta: float = 0.75) -> Array:
+  """AlexNet's local response normalisation across channels (Krizhevsky et al. 2012,
+  section 3.3): b_c = a_c / (k + alpha * sum_{c' in window(c)} a_c'^2) ** beta, the
+  window being `size` adjacent channels centred on c. alpha is not divided by `size`
+  (PyTorch's LocalResponseNorm divides it)."""
+  squared = jnp.square(x)
+  half = size // 2
+  padded = jnp.pad(squared, [(0, 0)] * (x.ndim - 1) + [(half, size - 1 - half)])
+  window_sum = lax.reduce_window(padded, 0.0, lax.add, (1,) * (x.ndim - 1) + (size,),
+                                 (1,) * x.ndim, "VALID")
+  return x / jnp.power(k + alpha * window_sum, beta)
+
+
+class LocalResponseNorm(nn.Module):
+  """The course's NORM layer (AlexNet, VGG A-LRN): k=2, n=5, alpha=1e-4, beta=0.75."""
+  size: int = 5
+  k: float = 2.0
+  alpha: float = 1e-4
+  beta: float = 0.75
+
+  def __call__(self, x: Array) -> Array:
+    return local_response_norm(x, self.size, self.k, self.alpha, self.beta)
+
+
+# ----------------------------------------------------------------------------------
+# Activations, dense, flatten, dropout
+# ----------------------------------------------------------------------------------
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": nn.sigmoid,
+    "softmax": nn.softmax,
+    "leaky_relu": nn.leaky_relu,
+    "elu": nn.elu,
+    "gelu": nn.gelu,
+    "identity": lambda x: x,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+  """The activation function called `name` (see ACTIVATIONS)."""
+  if name not in ACTIVATIONS:
+    raise unknown_choice("activation", name, ACTIVATIONS)
+  return ACTIVATIONS[name]
+
+
+class Activation(nn.Module):
+  """An activation by name, e.g. ``Activation("tanh")`` for LeNet-5."""
+  fn: str = "relu"
+
+  def __call__(self, x: Array) -> Array:
+    return activation(self.fn)(x)
+
+
+Dense = nn.Dense
+
+
+def flatten(x: Array) -> Array:
+  """(N, ...) -> (N, prod(...))."""
+  return x.reshape((x.shape[0], -1))
+
+
+class Flatten(nn.Module):
+  def __call__(self, x: Array) -> Array:
+    return flatten(x)
+
+
+class Dropout(nn.Module):
+  """Zeroes a fraction `rate` of activations when training (scaling the rest by
+  1 / (1 - rate)); the identity in evaluation. Draws from the 'dropout' rng stream."""
+  rate: float = 0.5
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    return nn.Dropout(self.rate, deterministic=not train)(x)
+
+
+# ----------------------------------------------------------------------------------
+# The course's fixed kernels ("what does this kernel do?")
+# ----------------------------------------------------------------------------------
+
+BOX_BLUR_5X5 = np.full((5, 5), 0.04, np.float32)
+EDGE_DETECT_3X3 = np.array([[0.0, -0.25, 0.0],
+                            [-0.25, 1.0, -0.25],
+                            [0.0, -0.25, 0.0]], np.float32)
+FIXED_KERNELS = {"box_blur": BOX_BLUR_5X5, "edge_detect": EDGE_DETECT_3X3}
+
+
+def apply_kernel(image: Array, kernel: Array | np.ndarray | str,
+                 padding: Padding = "SAME") -> Array:
+  """Convolves each channel of an HWC (or NHWC) image with one 2-D kernel.
+
+  Like every CNN library this is cross-correlation (the kernel is not flipped); the
+  course's kernels are symmetric, so it makes no difference to them.
+  """
+  if isinstance(kernel, str):
+    if kernel not in FIXED_KERNELS:
+      raise unknown_choice("kernel", kernel, FIXED_KERNELS)
+    kernel = FIXED_KERNELS[kernel]
+  image = jnp.asarray(image, jnp.float32)
+  squeeze = image.ndim == 3
+  if squeeze:
+    image = image[None]
+  channels = image.shape[-1]
+  k = jnp.asarray(kernel, jnp.float32)
+  weights = jnp.tile(k[:, :, None, None], (1, 1, 1, channels))
+  out = conv_lib.conv2d(image, weights, padding=padding, groups=channels)
+  return out[0] if squeeze else out
+
+
+# Factories that models bind once, so a whole network switches implementation or
+# dtype by one argument (the flax imagenet example's `partial(nn.Conv, ...)` idiom).
+def conv_factory(impl: str = "xla", dtype: Optional[Dtype] = None,
+                 kernel_init: Callable = he_normal) -> Callable[..., Conv]:
+  return functools.partial(Conv, impl=impl, dtype=dtype, kernel_init=kernel_init)
