@@ -42,6 +42,10 @@ def conv_output_size(n: int, f: int, padding: int | tuple[int, int] | str = 0,
   TensorFlow rule). A fractional result is illegal, as in the course, and so is a
   result below 1: both raise ConfigError naming `layer` and the numbers.
   """
+  if min(n, f, stride, dilation) <= 0:
+    raise ConfigError(
+        f"{layer}: input size, kernel size, stride and dilation must be positive, got "
+        f"N={n}, F={f}, S={stride}, d={dilation}.")
   f_eff = dilation * (f - 1) + 1
   if isinstance(padding, str):
     if padding.upper() == "SAME":
@@ -114,10 +118,11 @@ class Conv(nn.Module):
     dilation = pair(self.dilation, "dilation")
     padding = normalize_padding(self.padding)
     in_features = x.shape[-1]
-    if self.features <= 0 or min(kernel_size) <= 0 or min(strides) <= 0 or min(dilation) <= 0:
+    if (self.features <= 0 or self.groups <= 0 or min(kernel_size) <= 0
+        or min(strides) <= 0 or min(dilation) <= 0):
       raise ConfigError(
-          f"{name}: filters, kernel size, stride and dilation must be positive, got "
-          f"{self.features}, {kernel_size}, {strides}, {dilation}.")
+          f"{name}: filters, groups, kernel size, stride and dilation must be positive, "
+          f"got {self.features}, {self.groups}, {kernel_size}, {strides}, {dilation}.")
     if in_features % self.groups or self.features % self.groups:
       raise ConfigError(
           f"{name}: groups={self.groups} must divide both the input channels "
@@ -154,9 +159,19 @@ class ConvTranspose(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    kernel_size = pair(self.kernel_size, "kernel_size")
+    padding = normalize_padding(self.padding)
+    if not isinstance(padding, str):
+      # The course's (and PyTorch's) P crops P pixels off each border of the full
+      # output, but lax.conv_transpose pads the stride-dilated input instead: P
+      # cropped is F - 1 - P padded.
+      padding = tuple((f - 1 - lo, f - 1 - hi) for f, (lo, hi) in zip(kernel_size, padding))
+    # transpose_kernel makes this the exact transpose (the input gradient) of a Conv
+    # with the same kernel, as in PyTorch: each input pixel scatters the kernel itself,
+    # not its mirror image. The kernel is then (F, F, features, in_channels).
     return nn.ConvTranspose(
-        self.features, pair(self.kernel_size), strides=pair(self.strides),
-        padding=normalize_padding(self.padding), use_bias=self.use_bias,
+        self.features, kernel_size, strides=pair(self.strides, "strides"),
+        padding=padding, use_bias=self.use_bias, transpose_kernel=True,
         dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
         name="deconv")(x)
 

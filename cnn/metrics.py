@@ -1,0 +1,123 @@
+"""Metrics and where they go: top-k error, metrics.jsonl, TensorBoard, a progress bar."""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """1.0 where the label is among the k largest logits, per example."""
+  k = min(k, logits.shape[-1])
+  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  # Rank = number of classes scoring strictly higher; ties count in the label's favour.
+  rank = jnp.sum(logits > label_logit, axis=-1)
+  return (rank < k).astype(jnp.float32)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array,
+                  label_smoothing: float = 0.0) -> jax.Array:
+  """Softmax cross-entropy per example, with optional label smoothing."""
+  num_classes = logits.shape[-1]
+  targets = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+  return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
+
+
+def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
+  """All records of a metrics.jsonl (a torn last line from a kill is skipped)."""
+  rows = []
+  path = pathlib.Path(path)
+  if not path.exists():
+    return rows
+  for line in path.read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return rows
+
+
+class MetricWriter:
+  """Writes one JSON line per logged step to metrics.jsonl and the same scalars to
+  TensorBoard event files (tensorboardX; no TensorFlow needed). Only process 0 writes."""
+
+  def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = True):
+    self.enabled = jax.process_index() == 0
+    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self._tb = None
+    if self.enabled and tensorboard:
+      from tensorboardX import SummaryWriter  # imported lazily: only writers need it
+      self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+
+  def truncate_after(self, step: int) -> None:
+    """Drops records past `step`: a resumed run rewrites the steps it repeats, so the
+    file reads as if the run had never been interrupted."""
+    if not self.enabled or not self.path.exists():
+      return
+    rows = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
+    self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for key, value in record.items():
+        if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+          self._tb.add_scalar(key, value, step)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+      self._tb.close()
+
+
+def _plain(value: Any) -> Any:
+  if isinstance(value, (np.generic, np.ndarray, jax.Array)):
+    value = np.asarray(value).item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None if math.isnan(value) else value
+  return value
+
+
+class ProgressBar:
+  """One self-overwriting line: step, loss, img/s and ETA (silent when quiet)."""
+
+  def __init__(self, total_steps: int, quiet: bool = False, stream=sys.stderr):
+    self.total = total_steps
+    self.quiet = quiet or jax.process_index() != 0
+    self.stream = stream
+    self.start = time.time()
+    self.start_step: int | None = None
+
+  def update(self, step: int, **fields: float) -> None:
+    if self.quiet:
+      return
+    if self.start_step is None:
+      self.start_step, self.start = step, time.time()
+    done = step - self.start_step
+    elapsed = time.time() - self.start
+    eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
+    width = 24
+    filled = int(width * step / max(self.total, 1))
+    parts = " ".join(f"{k} {v:.4g}" for k, v in fields.items())
+    eta_txt = "?" if math.isnan(eta) else f"{int(eta // 60)}:{int(eta % 60):02d}"
+    self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
+                      f"{step}/{self.total} {parts} eta {eta_txt}   ")
+    self.stream.flush()
+
+  def close(self) -> None:
+    if not self.quiet:
+      self.stream.write("\n")
+      self.stream.flush()

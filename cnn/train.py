@@ -1,0 +1,529 @@
+"""The training engine: train state, train and eval steps, and the fit loop.
+
+Reads top to bottom: the state, the loss, the two step builders (``jit`` over a mesh,
+and the per-device ``shard_map`` variant), evaluation, then `fit`, the only loop.
+
+The train state holds everything a run needs to continue exactly where it stopped:
+parameters, batch-norm statistics, optimizer state, the rng, the step (which is also
+the position in the data: the batch at step s is a pure function of the seed and s),
+the plateau schedule's scale, and the non-finite bookkeeping.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import signal
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from cnn import checkpoint as ckpt_lib
+from cnn import config as config_lib
+from cnn import data as data_lib
+from cnn import metrics as metrics_lib
+from cnn import models
+from cnn import optim
+from cnn import sharding
+from cnn.errors import ConfigError
+
+Batch = tuple[jax.Array, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array            # int32; also the position in the data
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array             # typed PRNG key
+  lr_scale: jax.Array        # float32; 1 unless the plateau schedule cut the rate
+  plateau_best: jax.Array    # float32; best monitored eval metric so far
+  plateau_bad: jax.Array     # int32; evaluations since it last improved
+  skipped: jax.Array         # int32; updates skipped for non-finite gradients
+  halted_at: jax.Array       # int32; first non-finite step in "stop" mode, else -1
+  bad_groups: jax.Array      # bool[groups]; parameter groups non-finite at that step
+
+
+def param_groups(params: Any) -> list[str]:
+  """Top-level parameter names (layers/blocks), the unit of non-finite reports."""
+  return sorted(params.keys())
+
+
+def stage_of(group: str) -> str:
+  """The stage a top-level module belongs to: 'stage2_block3' -> 'stage2'."""
+  return group.split("_block")[0]
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
+                       rng: jax.Array, input_shape: tuple[int, ...]) -> TrainState:
+  """Initialises parameters (in eval mode, on a dummy batch) and the optimizer."""
+  init_rng, state_rng = jax.random.split(rng)
+  variables = model.init({"params": init_rng, "dropout": init_rng},
+                         jnp.zeros(input_shape, jnp.float32), train=False)
+  params = variables["params"]
+  return TrainState(
+      step=jnp.zeros([], jnp.int32), params=params,
+      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+      rng=state_rng, lr_scale=jnp.ones([], jnp.float32),
+      plateau_best=jnp.array(jnp.inf, jnp.float32), plateau_bad=jnp.zeros([], jnp.int32),
+      skipped=jnp.zeros([], jnp.int32), halted_at=jnp.array(-1, jnp.int32),
+      bad_groups=jnp.zeros([len(param_groups(params))], bool))
+
+
+# ----------------------------------------------------------------------------------
+# Loss and update: shared by both step variants
+# ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """What a train step needs besides the state: fixed for a run."""
+  weight_decay_in_loss: float = 0.0
+  label_smoothing: float = 0.0
+  nonfinite: str = "stop"          # "stop" | "skip"
+  log_grad_norms: bool = False
+
+
+def _logits_and_stats(model, params, batch_stats, images, rng, train: bool):
+  variables = {"params": params, "batch_stats": batch_stats}
+  if train:
+    logits, updates = model.apply(variables, images, train=True, rngs={"dropout": rng},
+                                  mutable=["batch_stats"])
+    return logits, updates.get("batch_stats", batch_stats)
+  return model.apply(variables, images, train=False), batch_stats
+
+
+def _main_logits(output):
+  """Models with auxiliary heads return (logits, aux...) in training; the first is
+  the prediction."""
+  return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def loss_fn(params, batch_stats, images, labels, rng, *, model, cfg: StepConfig):
+  """Mean cross-entropy (+ auxiliary heads at 0.3, GoogLeNet) + the papers' L2 term."""
+  output, new_stats = _logits_and_stats(model, params, batch_stats, images, rng, True)
+  logits = _main_logits(output)
+  loss = jnp.mean(metrics_lib.cross_entropy(logits, labels, cfg.label_smoothing))
+  if isinstance(output, (tuple, list)):
+    for aux in output[1:]:
+      loss = loss + 0.3 * jnp.mean(metrics_lib.cross_entropy(aux, labels,
+                                                             cfg.label_smoothing))
+  total = loss + optim.l2_penalty(params, cfg.weight_decay_in_loss)
+  return total, (loss, logits, new_stats)
+
+
+def _batch_metrics(loss, logits, labels) -> dict[str, jax.Array]:
+  return {"loss": loss,
+          "top1_error": 1.0 - jnp.mean(metrics_lib.topk_correct(logits, labels, 1)),
+          "top5_error": 1.0 - jnp.mean(metrics_lib.topk_correct(logits, labels, 5))}
+
+
+def _finite(tree) -> jax.Array:
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def apply_update(state: TrainState, grads, new_stats, metrics, *, tx, schedule,
+                 cfg: StepConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The optimizer update, guarded against non-finite losses and gradients.
+
+  A non-finite step leaves the state untouched. In "skip" mode it is counted and
+  training goes on; in "stop" mode the step is recorded in ``halted_at`` (with the
+  parameter groups whose gradients were non-finite) and every later step is a no-op,
+  so the loop can stop with the last good state and checkpoints intact.
+  """
+  groups = param_groups(grads)
+  group_ok = jnp.array([_finite(grads[g]) for g in groups])
+  ok = jnp.all(group_ok) & jnp.isfinite(metrics["loss"]) & (state.halted_at < 0)
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  updates = jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates)
+  new_params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  first_bad = (~ok) & (state.halted_at < 0)
+  stopping = cfg.nonfinite == "stop"
+  new_state = state.replace(
+      step=state.step + 1,
+      params=keep(new_params, state.params),
+      batch_stats=keep(new_stats, state.batch_stats),
+      opt_state=keep(new_opt_state, state.opt_state),
+      skipped=state.skipped + (~ok).astype(jnp.int32),
+      halted_at=jnp.where(first_bad & stopping, state.step, state.halted_at),
+      bad_groups=jnp.where(first_bad, ~group_ok, state.bad_groups))
+  metrics = dict(metrics)
+  metrics["lr"] = schedule(state.step) * state.lr_scale
+  metrics["grad_norm"] = optax.global_norm(grads)
+  if cfg.log_grad_norms:
+    by_stage: dict[str, list] = {}
+    for g in groups:
+      by_stage.setdefault(stage_of(g), []).append(grads[g])
+    for stage, trees in by_stage.items():
+      metrics[f"grad_norm/{stage}"] = optax.global_norm(trees)
+  return new_state, metrics
+
+
+# ----------------------------------------------------------------------------------
+# Step builders
+# ----------------------------------------------------------------------------------
+
+def make_train_step(model, tx, schedule, cfg: StepConfig) -> Callable:
+  """train_step(state, images, labels) -> (state, metrics); plain function to jit.
+
+  Under ``jax.jit`` with the batch sharded over the mesh's data axis, XLA computes the
+  batch-norm statistics over the global batch.
+  """
+
+  def train_step(state: TrainState, images, labels):
+    rng = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, cfg=cfg),
+                                 has_aux=True)
+    (_, (loss, logits, new_stats)), grads = grad_fn(
+        state.params, state.batch_stats, images, labels, rng)
+    return apply_update(state, grads, new_stats, _batch_metrics(loss, logits, labels),
+                        tx=tx, schedule=schedule, cfg=cfg)
+
+  return train_step
+
+
+def make_shard_map_train_step(model, tx, schedule, cfg: StepConfig, mesh) -> Callable:
+  """The per-device variant (what pmap users know), built with `jax.shard_map`.
+
+  Each device computes the loss on its share of the batch; batch-norm statistics are
+  those of that share ("ghost batch", as multi-GPU papers trained) unless the model
+  was built with ``bn_axis_name="data"``, which averages them over devices. Gradients,
+  metrics and the new running statistics are averaged over the data axis, then the
+  same update as the jit variant runs on every device.
+  """
+  axis = sharding.DATA
+
+  def local(state: TrainState, images, labels):
+    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                             jax.lax.axis_index(axis))
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, cfg=cfg),
+                                 has_aux=True)
+    (_, (loss, logits, new_stats)), grads = grad_fn(
+        state.params, state.batch_stats, images, labels, rng)
+    grads = jax.lax.pmean(grads, axis)
+    new_stats = jax.lax.pmean(new_stats, axis)
+    metrics = jax.lax.pmean(_batch_metrics(loss, logits, labels), axis)
+    return apply_update(state, grads, new_stats, metrics, tx=tx, schedule=schedule,
+                        cfg=cfg)
+
+  # The state is replicated (P()), the batch split; outputs are identical on all
+  # devices after the pmeans, so they come back replicated.
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P(axis)),
+                       out_specs=(P(), P()), check_vma=False)
+
+
+def make_eval_step(model) -> Callable:
+  """eval_step(state, images, labels, mask) -> sums of loss, top-1/5 correct, count."""
+
+  def eval_step(state: TrainState, images, labels, mask):
+    logits = _main_logits(model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False))
+    loss = metrics_lib.cross_entropy(logits, labels)
+    return {"loss": jnp.sum(loss * mask),
+            "top1": jnp.sum(metrics_lib.topk_correct(logits, labels, 1) * mask),
+            "top5": jnp.sum(metrics_lib.topk_correct(logits, labels, 5) * mask),
+            "count": jnp.sum(mask)}
+
+  return eval_step
+
+
+def evaluate(eval_step: Callable, state: TrainState, split, *, batch_size: int, mean,
+             std, mesh, out_size=None) -> dict[str, float]:
+  """Loss and top-1/top-5 error over the whole split, exactly once per example."""
+  totals = None
+  shard = sharding.batch_sharding(mesh)
+  for images, labels, mask in data_lib.eval_batches(split, batch_size, mean=mean, std=std,
+                                                    out_size=out_size):
+    batch = jax.device_put((np.asarray(images), np.asarray(labels, np.int32),
+                            np.asarray(mask, np.float32)), shard)
+    sums = eval_step(state, *batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  n = max(float(totals["count"]), 1.0)
+  return {"loss": float(totals["loss"]) / n, "top1_error": 1.0 - float(totals["top1"]) / n,
+          "top5_error": 1.0 - float(totals["top5"]) / n, "examples": int(totals["count"])}
+
+
+# ----------------------------------------------------------------------------------
+# Building a run from its config
+# ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Run:
+  """Everything built from a config before the first step."""
+  config: ml_collections.ConfigDict
+  mesh: Any
+  dataset: Any
+  model: nn.Module
+  schedule: Callable
+  tx: optax.GradientTransformation
+  step_cfg: StepConfig
+  input_shape: tuple[int, ...]
+  out_size: Optional[tuple[int, int]]
+
+
+def build_model(config, num_classes: int) -> nn.Module:
+  """The model named in ``config.model`` with its extra keys as arguments."""
+  kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  kwargs = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in kwargs.items()}
+  if config.train.get("precision", "float32") == "bfloat16":
+    kwargs["dtype"] = jnp.bfloat16
+  return models.create(config.model.name, num_classes=num_classes, **kwargs)
+
+
+def build_run(config) -> Run:
+  """Validates the config and builds data, model, optimizer; writes nothing."""
+  config_lib.validate(config)
+  mesh = sharding.make_mesh(config.train.get("model_parallel", 1))
+  sharding.check_batch_size(config.train.batch_size, mesh)
+  d = config.data
+  dataset = data_lib.load(d.source, data_dir=d.get("data_dir"),
+                          validation_size=d.get("validation_size", 0), seed=config.seed,
+                          image_size=d.get("image_size"), channels=d.get("channels"))
+  model = build_model(config, dataset.num_classes)
+  h, w, c = dataset.train.x.shape[1:] if d.get("image_size") is None else (
+      *d.image_size, dataset.train.x.shape[-1])
+  out_size = tuple(d.image_size) if d.get("image_size") else None
+  input_shape = (config.train.batch_size // sharding.data_size(mesh), h, w, c)
+  models.output_shape(model, input_shape)   # too small an input -> one sentence
+  steps = config.train.steps
+  schedule = optim.make_schedule(config.schedule, config.optim.learning_rate, steps)
+  tx = optim.make_optimizer(config.optim, schedule)
+  wd = float(config.optim.get("weight_decay", 0.0) or 0.0)
+  step_cfg = StepConfig(
+      weight_decay_in_loss=wd if optim.uses_l2_in_loss(config.optim) else 0.0,
+      label_smoothing=float(config.train.get("label_smoothing", 0.0)),
+      nonfinite=config.train.get("nonfinite", "stop"),
+      log_grad_norms=bool(config.train.get("log_grad_norms", False)))
+  return Run(config, mesh, dataset, model, schedule, tx, step_cfg, input_shape, out_size)
+
+
+def init_state(run: Run) -> tuple[TrainState, Any]:
+  """A fresh train state placed with its shardings, and those shardings."""
+  rng = jax.random.key(run.config.seed)
+  abstract = jax.eval_shape(
+      lambda r: create_train_state(run.model, run.tx, r, run.input_shape), rng)
+  shardings = sharding.state_shardings(abstract, run.mesh)
+  state = jax.jit(lambda r: create_train_state(run.model, run.tx, r, run.input_shape),
+                  out_shardings=shardings)(rng)
+  return state, shardings
+
+
+def compile_steps(run: Run, shardings) -> tuple[Callable, Callable, Any]:
+  """(train_step(state, x_all, y_all), eval_step, device data) with the input pipeline
+  fused into the train step: batch selection, augmentation and normalisation run on
+  the devices, inside the same program."""
+  cfg, ds, mesh = run.config, run.dataset, run.mesh
+  if cfg.train.get("step_impl", "jit") == "shard_map":
+    core = make_shard_map_train_step(run.model, run.tx, run.schedule, run.step_cfg, mesh)
+  else:
+    core = make_train_step(run.model, run.tx, run.schedule, run.step_cfg)
+  batch_fn = data_lib.make_train_batch_fn(
+      len(ds.train.y), cfg.train.batch_size, augment=cfg.data.get("augment", "none"),
+      mean=ds.mean, std=ds.std, seed=cfg.seed, out_size=run.out_size)
+  batch_sharding = sharding.batch_sharding(mesh)
+
+  def fused(state, x_all, y_all):
+    images, labels = batch_fn(x_all, y_all, state.step)
+    images = jax.lax.with_sharding_constraint(images, batch_sharding)
+    labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
+    return core(state, images, labels)
+
+  device_data = data_lib.put_on_devices(ds.train, mesh)
+  replicated = sharding.replicated(mesh)
+  train_step = jax.jit(fused, in_shardings=(shardings, replicated, replicated),
+                       out_shardings=(shardings, replicated), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(run.model),
+                      in_shardings=(shardings, batch_sharding, batch_sharding,
+                                    batch_sharding))
+  return train_step, eval_step, device_data
+
+
+# ----------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------
+
+class _Preemption:
+  """Turns SIGTERM (the usual pre-emption notice) into a flag the loop checks."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not in the main thread: no handler, nothing to restore
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def prepare_workdir(workdir: pathlib.Path, config, *, overwrite: bool = False) -> None:
+  """Creates the workdir, or checks that the one there holds this same configuration."""
+  saved = workdir / "config.json"
+  if saved.exists() and not overwrite:
+    differing = config_lib.differing_keys(json.loads(saved.read_text()), config.to_dict())
+    if differing:
+      raise ConfigError(
+          f"{workdir} holds a run with a different configuration "
+          f"({', '.join(differing[:6])}{' ...' if len(differing) > 6 else ''} differ); "
+          "use another --workdir, --overwrite to start afresh, or --fork to continue "
+          "from its checkpoint with the new settings.")
+  if overwrite and workdir.exists():
+    import shutil
+    for sub in ("checkpoints", "best", "tensorboard", "metrics.jsonl", "config.json",
+                "final.json"):
+      path = workdir / sub
+      if path.is_dir():
+        shutil.rmtree(path)
+      elif path.exists():
+        path.unlink()
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+  except OSError as e:
+    raise ConfigError(f"Cannot write to workdir {workdir} ({e.strerror}); choose a "
+                      "writable --workdir.") from None
+
+
+def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False,
+        fork: bool = False, stop_after: Optional[int] = None) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
+
+  Returns the last logged metrics (with ``status``: "done", "preempted" or "halted").
+  `stop_after` stops (with a checkpoint) after that many steps of this call: for tests
+  and for sweeps that interleave runs.
+  """
+  workdir = pathlib.Path(workdir)
+  run = build_run(config)           # every config mistake surfaces before any write
+  tc = config.train
+  prepare_workdir(workdir, config, overwrite=overwrite or fork)
+  state, shardings = init_state(run)
+  checkpointer = ckpt_lib.Checkpointer(
+      workdir, keep=tc.get("keep_checkpoints", 3), best_metric=tc.get("best_metric"),
+      best_mode=tc.get("best_mode", "min"))
+  start, restored = checkpointer.restore_latest(ckpt_lib.abstract_like(state, shardings))
+  if restored is not None:
+    state = restored
+    print(f"resumed from step {start} in {workdir}", file=sys.stderr)
+  writer = metrics_lib.MetricWriter(workdir, tensorboard=tc.get("tensorboard", True))
+  writer.truncate_after(int(state.step))
+  train_step, eval_step, (x_all, y_all) = compile_steps(run, shardings)
+  total = tc.steps
+  ds = run.dataset
+  steps_per_epoch = data_lib.steps_per_epoch(len(ds.train.y), tc.batch_size)
+  progress = metrics_lib.ProgressBar(total, quiet=tc.get("quiet", False))
+  eval_every, log_every = tc.get("eval_every", 0), tc.get("log_every", 100)
+  ckpt_every = tc.get("checkpoint_every", 0)
+  eval_bs = tc.get("eval_batch_size") or tc.batch_size
+  sharding.check_batch_size(eval_bs, run.mesh, "train.eval_batch_size")
+  plateau = config.schedule.get("name") == "plateau"
+
+  def run_eval(state) -> dict[str, float]:
+    return evaluate(eval_step, state, ds.eval, batch_size=eval_bs, mean=ds.mean,
+                    std=ds.std, mesh=run.mesh, out_size=run.out_size)
+
+  pending: list[dict[str, jax.Array]] = []
+  last: dict[str, Any] = {}
+  status = "done"
+  step = int(state.step)
+  window_start, window_step = time.time(), step
+  calls = 0
+  with _Preemption() as preemption:
+    while step < total:
+      state, m = train_step(state, x_all, y_all)
+      pending.append(m)
+      step += 1
+      calls += 1
+      at_log = step % log_every == 0 or step == total
+      at_eval = bool(eval_every) and (step % eval_every == 0 or step == total)
+      at_ckpt = bool(ckpt_every) and step % ckpt_every == 0
+      stopping = preemption.requested or (stop_after is not None and calls >= stop_after)
+      if not (at_log or at_eval or at_ckpt or stopping):
+        continue
+      # Everything below syncs with the devices; it runs only at these boundaries.
+      halted_at = int(state.halted_at)
+      if halted_at >= 0:
+        status = "halted"
+        raise_nonfinite(state, halted_at, checkpointer)
+      means = {k: float(v) for k, v in
+               jax.tree.map(lambda *xs: np.mean(np.stack(xs)), *pending).items()}
+      elapsed = time.time() - window_start
+      record = {"epoch": step / steps_per_epoch,
+                **{f"train_{k}" if "/" not in k and k not in ("lr",) else k: v
+                   for k, v in means.items()},
+                "img_per_s": (step - window_step) * tc.batch_size / max(elapsed, 1e-9),
+                "skipped_steps": int(state.skipped)}
+      pending.clear()
+      if at_eval:
+        ev = run_eval(state)
+        record.update({f"eval_{k}": v for k, v in ev.items() if k != "examples"})
+        if plateau:
+          state = _plateau_step(state, record, config.schedule)
+        checkpointer.save_best(step, state, record)
+      writer.write(step, record)
+      last = {"step": step, **record}
+      progress.update(step, loss=record["train_loss"], img_s=record["img_per_s"])
+      if at_ckpt or stopping or step == total:
+        checkpointer.save(step, state)
+      window_start, window_step = time.time(), step
+      if stopping:
+        status = "preempted"
+        break
+  progress.close()
+  if step >= total and int(state.step) >= total:
+    checkpointer.save(step, state)
+  checkpointer.close()
+  writer.close()
+  last["status"] = status
+  if status == "done":
+    (workdir / "final.json").write_text(json.dumps(last, indent=2) + "\n")
+  return last
+
+
+def _plateau_step(state: TrainState, record: dict[str, Any], schedule_cfg) -> TrainState:
+  metric = record.get(schedule_cfg.get("monitor", "eval_top1_error"))
+  if metric is None:
+    return state
+  scale, best, bad = optim.update_plateau(
+      float(state.lr_scale), float(state.plateau_best), int(state.plateau_bad), metric,
+      factor=schedule_cfg.get("factor", 0.1), patience=schedule_cfg.get("patience", 1),
+      mode=schedule_cfg.get("mode", "min"))
+  return state.replace(lr_scale=jnp.full_like(state.lr_scale, scale),
+                       plateau_best=jnp.full_like(state.plateau_best, best),
+                       plateau_bad=jnp.full_like(state.plateau_bad, bad))
+
+
+class NonFiniteError(RuntimeError):
+  """Training met a non-finite loss or gradient in "stop" mode."""
+
+
+def raise_nonfinite(state: TrainState, step: int, checkpointer) -> None:
+  groups = param_groups(state.params)
+  bad = [g for g, b in zip(groups, np.asarray(state.bad_groups)) if b]
+  checkpointer.close()
+  last_good = checkpointer.steps()[-1] if checkpointer.steps() else None
+  where = f"; the last good checkpoint is step {last_good}" if last_good is not None else ""
+  raise NonFiniteError(
+      f"Non-finite loss or gradient at step {step} (parameter groups with non-finite "
+      f"gradients: {', '.join(bad) or 'none; the loss itself'}){where}. Lower the "
+      "learning rate, or set train.nonfinite='skip' to skip such updates.")
