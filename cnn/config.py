@@ -162,7 +162,7 @@ def _coerce(key: str, current: Any, value: Any) -> Any:
     return type(current)(value)
   elif isinstance(current, ml_collections.ConfigDict) and isinstance(value, dict):
     return value
-  raise ConfigError(f"config.{key} must be a {type(current).__name__}, got "
+  raise ConfigError(f"config.{key} must be of type {type(current).__name__}, got "
                     f"{value!r} ({type(value).__name__}).")
 
 

@@ -53,6 +53,7 @@ class TrainState:
   skipped: jax.Array         # int32; updates skipped for non-finite gradients
   halted_at: jax.Array       # int32; first non-finite step in "stop" mode, else -1
   bad_groups: jax.Array      # bool[groups]; parameter groups non-finite at that step
+  window: Any                # sums of train metrics since the last log boundary
 
 
 def param_groups(params: Any) -> list[str]:
@@ -65,8 +66,17 @@ def stage_of(group: str) -> str:
   return group.split("_block")[0]
 
 
+def metric_names(params: Any, log_grad_norms: bool) -> list[str]:
+  """The train metrics a step accumulates (per-stage gradient norms on request)."""
+  names = ["loss", "top1_error", "top5_error", "grad_norm"]
+  if log_grad_norms:
+    names += sorted({f"grad_norm/{stage_of(g)}" for g in param_groups(params)})
+  return names
+
+
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       rng: jax.Array, input_shape: tuple[int, ...]) -> TrainState:
+                       rng: jax.Array, input_shape: tuple[int, ...],
+                       log_grad_norms: bool = False) -> TrainState:
   """Initialises parameters (in eval mode, on a dummy batch) and the optimizer."""
   init_rng, state_rng = jax.random.split(rng)
   variables = model.init({"params": init_rng, "dropout": init_rng},
@@ -78,7 +88,9 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
       rng=state_rng, lr_scale=jnp.ones([], jnp.float32),
       plateau_best=jnp.array(jnp.inf, jnp.float32), plateau_bad=jnp.zeros([], jnp.int32),
       skipped=jnp.zeros([], jnp.int32), halted_at=jnp.array(-1, jnp.int32),
-      bad_groups=jnp.zeros([len(param_groups(params))], bool))
+      bad_groups=jnp.zeros([len(param_groups(params))], bool),
+      window={k: jnp.zeros([], jnp.float32)
+              for k in metric_names(params, log_grad_norms) + ["count"]})
 
 
 # ----------------------------------------------------------------------------------
@@ -92,6 +104,7 @@ class StepConfig:
   label_smoothing: float = 0.0
   nonfinite: str = "stop"          # "stop" | "skip"
   log_grad_norms: bool = False
+  log_every: int = 100             # the metric window restarts at multiples of it
 
 
 def _logits_and_stats(model, params, batch_stats, images, rng, train: bool):
@@ -159,14 +172,20 @@ def apply_update(state: TrainState, grads, new_stats, metrics, *, tx, schedule,
       halted_at=jnp.where(first_bad & stopping, state.step, state.halted_at),
       bad_groups=jnp.where(first_bad, ~group_ok, state.bad_groups))
   metrics = dict(metrics)
-  metrics["lr"] = schedule(state.step) * state.lr_scale
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   if cfg.log_grad_norms:
     by_stage: dict[str, list] = {}
     for g in groups:
       by_stage.setdefault(stage_of(g), []).append(grads[g])
     for stage, trees in by_stage.items():
-      metrics[f"grad_norm/{stage}"] = optax.global_norm(trees)
+      metrics[f"grad_norm/{stage}"] = optax.tree.norm(trees)
+  # The window of logged means lives in the state, so a resumed run logs exactly what
+  # an uninterrupted one would.
+  fresh = state.step % cfg.log_every == 0
+  window = {k: jnp.where(fresh, 0.0, v) + (metrics[k] if k != "count" else 1.0)
+            for k, v in state.window.items()}
+  new_state = new_state.replace(window=window)
+  metrics["lr"] = schedule(state.step) * state.lr_scale
   return new_state, metrics
 
 
@@ -305,18 +324,20 @@ def build_run(config) -> Run:
       weight_decay_in_loss=wd if optim.uses_l2_in_loss(config.optim) else 0.0,
       label_smoothing=float(config.train.get("label_smoothing", 0.0)),
       nonfinite=config.train.get("nonfinite", "stop"),
-      log_grad_norms=bool(config.train.get("log_grad_norms", False)))
+      log_grad_norms=bool(config.train.get("log_grad_norms", False)),
+      log_every=int(config.train.log_every))
   return Run(config, mesh, dataset, model, schedule, tx, step_cfg, input_shape, out_size)
 
 
 def init_state(run: Run) -> tuple[TrainState, Any]:
   """A fresh train state placed with its shardings, and those shardings."""
   rng = jax.random.key(run.config.seed)
-  abstract = jax.eval_shape(
-      lambda r: create_train_state(run.model, run.tx, r, run.input_shape), rng)
+  create = functools.partial(create_train_state, run.model, run.tx,
+                             input_shape=run.input_shape,
+                             log_grad_norms=run.step_cfg.log_grad_norms)
+  abstract = jax.eval_shape(create, rng)
   shardings = sharding.state_shardings(abstract, run.mesh)
-  state = jax.jit(lambda r: create_train_state(run.model, run.tx, r, run.input_shape),
-                  out_shardings=shardings)(rng)
+  state = jax.jit(create, out_shardings=shardings)(rng)
   return state, shardings
 
 
@@ -442,7 +463,6 @@ def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False,
     return evaluate(eval_step, state, ds.eval, batch_size=eval_bs, mean=ds.mean,
                     std=ds.std, mesh=run.mesh, out_size=run.out_size)
 
-  pending: list[dict[str, jax.Array]] = []
   last: dict[str, Any] = {}
   status = "done"
   step = int(state.step)
@@ -450,8 +470,7 @@ def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False,
   calls = 0
   with _Preemption() as preemption:
     while step < total:
-      state, m = train_step(state, x_all, y_all)
-      pending.append(m)
+      state, _ = train_step(state, x_all, y_all)
       step += 1
       calls += 1
       at_log = step % log_every == 0 or step == total
@@ -465,22 +484,23 @@ def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False,
       if halted_at >= 0:
         status = "halted"
         raise_nonfinite(state, halted_at, checkpointer)
-      means = {k: float(v) for k, v in
-               jax.tree.map(lambda *xs: np.mean(np.stack(xs)), *pending).items()}
+      window = jax.device_get(state.window)
+      count = max(float(window.pop("count")), 1.0)
       elapsed = time.time() - window_start
       record = {"epoch": step / steps_per_epoch,
-                **{f"train_{k}" if "/" not in k and k not in ("lr",) else k: v
-                   for k, v in means.items()},
+                "lr": float(run.schedule(step - 1)) * float(state.lr_scale),
+                **{(k if "/" in k else f"train_{k}"): float(v) / count
+                   for k, v in window.items()},
                 "img_per_s": (step - window_step) * tc.batch_size / max(elapsed, 1e-9),
                 "skipped_steps": int(state.skipped)}
-      pending.clear()
       if at_eval:
         ev = run_eval(state)
         record.update({f"eval_{k}": v for k, v in ev.items() if k != "examples"})
         if plateau:
           state = _plateau_step(state, record, config.schedule)
         checkpointer.save_best(step, state, record)
-      writer.write(step, record)
+      if at_log or at_eval:  # not at a pre-emption: a resumed run logs the same lines
+        writer.write(step, record)
       last = {"step": step, **record}
       progress.update(step, loss=record["train_loss"], img_s=record["img_per_s"])
       if at_ckpt or stopping or step == total:

@@ -17,7 +17,7 @@ def get_config(preset: str = ""):
   c.optim.weight_decay = 5e-4
   c.schedule.name = "cosine"
   c.train.batch_size = 64
-  c.train.steps = 1200
+  c.train.steps = 600
   c.train.log_every = 100
-  c.train.eval_every = 400
+  c.train.eval_every = 300
   return c

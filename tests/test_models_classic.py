@@ -35,9 +35,26 @@ def param_count(model, shape):
   return sum(x.size for x in jax.tree.leaves(abstract_variables(model, shape)["params"]))
 
 
-def init(model, x):
-  """Real parameters, compiled once (op-by-op initialisation is slow on CPU)."""
-  return jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), x)
+def init(model, x, seed=0):
+  """Variables of the model's shapes filled by numpy: He-scaled kernels, small random
+  biases, unit BN scales and variances (compiling Flax's random init costs seconds on
+  CPU; its structure is still traced by eval_shape)."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name, shape = path[-1].key, leaf.shape
+    if name == "kernel":
+      value = rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[:-1]))
+    elif name == "bias":
+      value = 0.1 * rng.standard_normal(shape)
+    elif name in ("scale", "var"):
+      value = np.ones(shape)
+    else:
+      assert name == "mean", path
+      value = np.zeros(shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract_variables(model, x.shape))
 
 
 def apply(model, variables, x, train=False, **kwargs):
@@ -134,10 +151,10 @@ def test_lenet_mnist_input_is_zero_padded_to_32():
 def test_lenet_mixed_precision_keeps_float32_params_and_logits():
   model = models.create("lenet5", dtype=jnp.bfloat16, num_classes=7)
   x = jnp.ones((2, 32, 32, 3))
-  variables = init(model, x)
-  assert {p.dtype for p in jax.tree.leaves(variables["params"])} == {jnp.dtype(jnp.float32)}
-  out = apply(model, variables, x)
-  assert out.shape == (2, 7) and out.dtype == jnp.float32
+  params = abstract_variables(model, x.shape)["params"]
+  assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+  out = apply(model, init(model, x), x)
+  assert out.shape == (2, 7) and out.dtype == jnp.float32 and np.all(np.isfinite(out))
 
 
 def test_lenet_bad_inputs_raise_config_error():
@@ -199,7 +216,8 @@ def test_alexnet_parameter_counts():
 
 def test_alexnet_rejects_input_its_layers_cannot_divide():
   # (64 - 11) / 4 + 1 = 14.25.
-  with pytest.raises(ConfigError, match=r"conv1: output size \(64 - 11 \+ 2\*0\) / 4 \+ 1 = 14\.25"):
+  message = r"conv1: output size \(64 - 11 \+ 2\*0\) / 4 \+ 1 = 14\.25 is fractional"
+  with pytest.raises(ConfigError, match=message):
     models.output_shape(models.create("alexnet"), (1, 64, 64, 3))
   # 63 -> (63 - 11) / 4 + 1 = 14 -> pool (14 - 3) / 2 + 1 = 6.5.
   with pytest.raises(ConfigError, match=r"pool1: .*6\.5 is fractional"):
@@ -214,7 +232,7 @@ def test_alexnet_tiny_forward_with_dropout():
   assert variables["params"]["fc6"]["kernel"].shape == (256, 32)
   evaluated = apply(model, variables, x)
   again = apply(model, variables, x)
-  trained = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(4)})
+  trained = apply(model, variables, x, train=True, rngs={"dropout": jax.random.key(4)})
   assert evaluated.shape == trained.shape == (2, 5)
   np.testing.assert_array_equal(evaluated, again)
   assert not np.allclose(evaluated, trained)
@@ -337,8 +355,8 @@ def test_vgg_bn_trains_at_cifar_size():
   model = models.create("vgg11_bn", classifier="gap", fc_width=16, num_classes=10)
   x = jax.random.normal(jax.random.key(6), (4, 32, 32, 3))
   variables = init(model, x)
-  out, updated = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                             rngs={"dropout": jax.random.key(7)})
+  out, updated = apply(model, variables, x, train=True, mutable=["batch_stats"],
+                        rngs={"dropout": jax.random.key(7)})
   assert out.shape == (4, 10) and np.all(np.isfinite(out))
   before = variables["batch_stats"]["bn1_1"]["bn"]["mean"]
   after = updated["batch_stats"]["bn1_1"]["bn"]["mean"]

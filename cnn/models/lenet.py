@@ -14,7 +14,7 @@ Two registered variants:
 
 - ``lenet5``: the modern form the course recommends, ReLU and 2x2/2 max pooling.
 - ``lenet5_classic``: tanh and 2x2/2 average pooling, as LeCun used. Simplified in
-  three ways that keep every shape and change only the detail: plain tanh instead of
+  four ways that keep every shape and change only the detail: plain tanh instead of
   1.7159 tanh(2a/3); plain average pooling instead of the paper's subsampling with a
   trainable coefficient and bias per map (S2 and S4 had 12 and 32 parameters); C3
   connected to all six S2 maps instead of the paper's table of 60 connections; and a

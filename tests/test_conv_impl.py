@@ -1,0 +1,162 @@
+"""The "gemm" convolution against XLA's: values and both gradients over a grid of
+kernel sizes, strides, paddings, dilations and groups, and a jitted two-conv network."""
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnn import conv, conv_gemm, layers
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+# Small odd-sized inputs so that SAME padding is uneven under strides 2 and 4.
+N, H, W = 2, 9, 11
+
+
+def _value_and_grads(impl, x, kernel, cotangent, **kw):
+  """y, dy/dx . ct and dy/dkernel . ct through `conv.conv2d(impl=impl)`."""
+  def f(x_, k_):
+    return conv.conv2d(x_, k_, impl=impl, **kw)
+  y, vjp = jax.vjp(f, x, kernel)
+  dx, dk = vjp(cotangent)
+  return y, dx, dk
+
+
+def _check_against_xla(kernel_hw, strides, padding, dilation=1, groups=1,
+                       in_ch=4, out_ch=6, seed=0):
+  kx, kk, kc = jax.random.split(jax.random.key(seed), 3)
+  x = jax.random.normal(kx, (N, H, W, in_ch), jnp.float32)
+  kernel = jax.random.normal(kk, (*kernel_hw, in_ch // groups, out_ch), jnp.float32)
+  kw = dict(strides=strides, padding=padding, dilation=dilation, groups=groups)
+  y_ref = conv.conv2d(x, kernel, impl="xla", **kw)
+  cotangent = jax.random.normal(kc, y_ref.shape, jnp.float32)
+  ref = _value_and_grads("xla", x, kernel, cotangent, **kw)
+  got = _value_and_grads("gemm", x, kernel, cotangent, **kw)
+  for name, r, g in zip(("value", "input gradient", "kernel gradient"), ref, got):
+    assert g.shape == r.shape, name
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), err_msg=name, **TOL)
+
+
+# Every kernel shape with every stride and padding (dilation 1, groups 1) ...
+KERNELS = [(1, 1), (3, 3), (1, 3), (5, 5)]
+STRIDES = [1, 2, 4]
+PADDINGS = ["SAME", "VALID", 1, ((2, 0), (0, 1))]
+
+
+@pytest.mark.parametrize("kernel_hw,strides,padding",
+                         itertools.product(KERNELS, STRIDES, PADDINGS))
+def test_matches_xla_kernel_stride_padding(kernel_hw, strides, padding):
+  _check_against_xla(kernel_hw, strides, padding)
+
+
+# ... and the rarer axes one at a time, crossed with a few of the above.
+@pytest.mark.parametrize("kernel_hw,strides,padding,dilation", [
+    ((3, 3), 1, "SAME", 2),
+    ((3, 3), 2, "SAME", 2),
+    ((3, 3), 1, "VALID", 2),
+    ((1, 3), 1, ((1, 0), (2, 2)), 2),
+    ((3, 3), 1, "SAME", (2, 1)),
+    ((7, 7), 1, "SAME", 1),
+    ((7, 7), 2, 3, 1),
+    ((7, 7), 4, "VALID", 1),
+    ((3, 1), (2, 1), "SAME", 1),
+])
+def test_matches_xla_dilation_and_large_kernels(kernel_hw, strides, padding, dilation):
+  _check_against_xla(kernel_hw, strides, padding, dilation=dilation)
+
+
+@pytest.mark.parametrize("kernel_hw,strides,padding,groups,in_ch,out_ch", [
+    ((3, 3), 1, "SAME", 2, 4, 6),
+    ((3, 3), 2, "VALID", 2, 4, 6),
+    ((1, 1), 1, "VALID", 2, 4, 6),
+    ((3, 3), 1, "SAME", 4, 4, 4),      # depthwise
+    ((3, 3), 2, 1, 4, 4, 8),           # depthwise, channel multiplier 2
+    ((1, 1), 2, "SAME", 4, 4, 8),      # depthwise 1x1
+    ((5, 5), 1, "SAME", 4, 4, 4),
+])
+def test_matches_xla_groups(kernel_hw, strides, padding, groups, in_ch, out_ch):
+  _check_against_xla(kernel_hw, strides, padding, groups=groups, in_ch=in_ch,
+                     out_ch=out_ch)
+
+
+def _count_convolutions(fn, *args):
+  jaxpr = jax.make_jaxpr(fn)(*args)
+  text = str(jaxpr)
+  return text.count("conv_general_dilated[")
+
+
+def test_weight_gradient_uses_no_convolution():
+  """XLA's version of a 3x3 layer's forward+backward is three convolutions (forward,
+  input gradient, weight gradient); "gemm" keeps only the first two."""
+  x = jnp.ones((2, 8, 8, 3))
+  kernel = jnp.ones((3, 3, 3, 5))
+
+  def loss(impl):
+    return jax.grad(lambda x_, k_: conv.conv2d(x_, k_, impl=impl).sum(), argnums=(0, 1))
+
+  assert _count_convolutions(loss("xla"), x, kernel) == 3
+  assert _count_convolutions(loss("gemm"), x, kernel) == 2
+
+
+def test_one_by_one_uses_no_convolution():
+  """A 1x1 layer is a matrix product in all three passes."""
+  x = jnp.ones((2, 8, 8, 3))
+  kernel = jnp.ones((1, 1, 3, 5))
+  grad = jax.grad(lambda x_, k_: conv.conv2d(x_, k_, strides=2, impl="gemm").sum(),
+                  argnums=(0, 1))
+  assert _count_convolutions(grad, x, kernel) == 0
+
+
+class _TwoConvNet(nn.Module):
+  impl: str
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = layers.Conv(8, 3, 1, padding=1, impl=self.impl, name="conv1")(x)
+    x = nn.relu(layers.BatchNorm(name="bn1")(x, train))
+    x = layers.Conv(12, 3, 2, padding="SAME", impl=self.impl, name="conv2")(x)
+    return x.mean(axis=(1, 2)) @ jnp.arange(12.0 * 3).reshape(12, 3) / 36
+
+
+def test_jitted_network_gradient_matches_xla():
+  x = jax.random.normal(jax.random.key(1), (4, 10, 10, 3))
+  labels = jnp.array([0, 1, 2, 1])
+  variables = _TwoConvNet("xla").init(jax.random.key(2), x, train=False)
+
+  def grads(impl):
+    model = _TwoConvNet(impl)
+
+    def loss(params):
+      logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                              mutable=["batch_stats"])
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits),
+                                           labels[:, None], axis=1))
+    return jax.jit(jax.value_and_grad(loss))(variables["params"])
+
+  (loss_ref, g_ref), (loss_gemm, g_gemm) = grads("xla"), grads("gemm")
+  np.testing.assert_allclose(loss_gemm, loss_ref, **TOL)
+  flat_ref = jax.tree_util.tree_leaves_with_path(g_ref)
+  flat_gemm = jax.tree.leaves(g_gemm)
+  assert len(flat_ref) == len(flat_gemm) == 6   # 2 kernels, 2 biases, BN scale, bias
+  for (path, r), g in zip(flat_ref, flat_gemm):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), err_msg=str(path), **TOL)
+
+
+def test_auto_resolves_to_gemm_on_cpu():
+  assert jax.default_backend() == "cpu"
+  assert conv.resolve_impl("auto") == "gemm"
+
+
+def test_explicit_padding_matches_xla_same_rule():
+  """'SAME' pads the total (out - 1) * S + F - N with the odd pixel after (TF's
+  rule): N=9, F=3, S=2 -> out 5, total (5-1)*2 + 3 - 9 = 2 -> (1, 1); N=10 -> out 5,
+  total 1 -> (0, 1); dilation 2 makes F = 5: N=9, S=1 -> total 4 -> (2, 2)."""
+  assert conv_gemm.explicit_padding((9, 10), (3, 3), (2, 2), "SAME", (1, 1)) == (
+      (1, 1), (0, 1))
+  assert conv_gemm.explicit_padding((9, 9), (3, 3), (1, 1), "SAME", (2, 2)) == (
+      (2, 2), (2, 2))
+  assert conv_gemm.explicit_padding((9, 9), (3, 3), (1, 1), "VALID", (1, 1)) == (
+      (0, 0), (0, 0))
