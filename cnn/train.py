@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import pathlib
 import signal
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import flax
 import flax.linen as nn
@@ -301,6 +302,16 @@ def build_model(config, num_classes: int) -> nn.Module:
   return models.create(config.model.name, num_classes=num_classes, **kwargs)
 
 
+def _example_shape(split, out_size) -> tuple[int, int, int]:
+  """(H, W, C) of the images the model sees."""
+  if not split.streamed:
+    h, w, c = split.x.shape[1:]
+  else:
+    image, _ = split.example(0)
+    (h, w), c = split.image_size or image.shape[:2], image.shape[-1]
+  return (*(out_size or (h, w)), c)
+
+
 def build_run(config) -> Run:
   """Validates the config and builds data, model, optimizer; writes nothing."""
   config_lib.validate(config)
@@ -311,9 +322,8 @@ def build_run(config) -> Run:
                           validation_size=d.get("validation_size", 0), seed=config.seed,
                           image_size=d.get("image_size"), channels=d.get("channels"))
   model = build_model(config, dataset.num_classes)
-  h, w, c = dataset.train.x.shape[1:] if d.get("image_size") is None else (
-      *d.image_size, dataset.train.x.shape[-1])
   out_size = tuple(d.image_size) if d.get("image_size") else None
+  h, w, c = _example_shape(dataset.train, out_size)
   input_shape = (config.train.batch_size // sharding.data_size(mesh), h, w, c)
   models.output_shape(model, input_shape)   # too small an input -> one sentence
   steps = config.train.steps
@@ -350,10 +360,19 @@ def compile_steps(run: Run, shardings) -> tuple[Callable, Callable, Any]:
     core = make_shard_map_train_step(run.model, run.tx, run.schedule, run.step_cfg, mesh)
   else:
     core = make_train_step(run.model, run.tx, run.schedule, run.step_cfg)
-  batch_fn = data_lib.make_train_batch_fn(
-      len(ds.train.y), cfg.train.batch_size, augment=cfg.data.get("augment", "none"),
-      mean=ds.mean, std=ds.std, seed=cfg.seed, out_size=run.out_size)
   batch_sharding = sharding.batch_sharding(mesh)
+  eval_step = jax.jit(make_eval_step(run.model),
+                      in_shardings=(shardings, batch_sharding, batch_sharding,
+                                    batch_sharding))
+  if ds.train.streamed:
+    # Too big for the devices: batches come from the host (`feed`), same schedule.
+    train_step = jax.jit(core, in_shardings=(shardings, batch_sharding, batch_sharding),
+                         out_shardings=(shardings, sharding.replicated(mesh)),
+                         donate_argnums=0)
+    return train_step, eval_step, None
+  batch_fn = data_lib.make_train_batch_fn(
+      len(ds.train), cfg.train.batch_size, augment=cfg.data.get("augment", "none"),
+      mean=ds.mean, std=ds.std, seed=cfg.seed, out_size=run.out_size)
 
   def fused(state, x_all, y_all):
     images, labels = batch_fn(x_all, y_all, state.step)
@@ -365,10 +384,19 @@ def compile_steps(run: Run, shardings) -> tuple[Callable, Callable, Any]:
   replicated = sharding.replicated(mesh)
   train_step = jax.jit(fused, in_shardings=(shardings, replicated, replicated),
                        out_shardings=(shardings, replicated), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(run.model),
-                      in_shardings=(shardings, batch_sharding, batch_sharding,
-                                    batch_sharding))
   return train_step, eval_step, device_data
+
+
+def feed(run: Run, device_data, start: int) -> Iterator[tuple[Any, ...]]:
+  """The data arguments of each train step from `start` on: the whole on-device
+  dataset every time (the step picks its batch), or host-built streamed batches."""
+  if device_data is not None:
+    return itertools.repeat(device_data)
+  cfg, ds = run.config, run.dataset
+  batches = data_lib.StreamingBatches(
+      ds.train, cfg.train.batch_size, cfg.data.get("augment", "none"), mean=ds.mean,
+      std=ds.std, seed=cfg.seed, out_size=run.out_size, mesh=run.mesh)
+  return batches.iterate(start)
 
 
 # ----------------------------------------------------------------------------------
@@ -448,10 +476,11 @@ def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False,
     print(f"resumed from step {start} in {workdir}", file=sys.stderr)
   writer = metrics_lib.MetricWriter(workdir, tensorboard=tc.get("tensorboard", True))
   writer.truncate_after(int(state.step))
-  train_step, eval_step, (x_all, y_all) = compile_steps(run, shardings)
+  train_step, eval_step, device_data = compile_steps(run, shardings)
+  inputs = feed(run, device_data, int(state.step))
   total = tc.steps
   ds = run.dataset
-  steps_per_epoch = data_lib.steps_per_epoch(len(ds.train.y), tc.batch_size)
+  steps_per_epoch = data_lib.steps_per_epoch(len(ds.train), tc.batch_size)
   progress = metrics_lib.ProgressBar(total, quiet=tc.get("quiet", False))
   eval_every, log_every = tc.get("eval_every", 0), tc.get("log_every", 100)
   ckpt_every = tc.get("checkpoint_every", 0)
@@ -470,7 +499,7 @@ def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False,
   calls = 0
   with _Preemption() as preemption:
     while step < total:
-      state, _ = train_step(state, x_all, y_all)
+      state, _ = train_step(state, *next(inputs))
       step += 1
       calls += 1
       at_log = step % log_every == 0 or step == total

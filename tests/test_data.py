@@ -275,9 +275,10 @@ def test_flip_and_imagenet_augmentations_keep_shape_and_content():
 
 
 def test_random_resized_boxes_follow_inception_ranges():
-  words = augment_lib.random_words(jax.random.key(0), 2 * augment_lib.CROP_ATTEMPTS + 2,
-                                   2000)
-  top, left, h, w = map(np.asarray, augment_lib.random_resized_boxes(words, 100, 100))
+  rows = 2 * augment_lib.CROP_ATTEMPTS + 2
+  boxes = jax.jit(lambda key: augment_lib.random_resized_boxes(
+      augment_lib.random_words(key, rows, 2000), 100, 100))(jax.random.key(0))
+  top, left, h, w = map(np.asarray, boxes)
   area = h * w / 100 ** 2
   assert np.all((top >= 0) & (left >= 0) & (top + h <= 100) & (left + w <= 100))
   # Rounding h and w to whole pixels moves the area by at most ~(h + w) / 2 pixels.

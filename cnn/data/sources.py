@@ -189,12 +189,12 @@ def load(source: str, *, data_dir: Optional[str] = None,
     name, known = source, NPZ_SHORTCUTS[source]
   elif kind == "npz" and rest:
     train_glob, _, test_glob = rest.partition("|")
-    train = _read_npz(train_glob, data_dir)
-    test = _read_npz(test_glob, data_dir) if test_glob else None
-    if test is None and not validation_size:
+    if not test_glob and not validation_size:
       raise ConfigError(
           f"Source {source!r} has no test shards; add '|<test glob>' after the train "
           f"glob or set data.validation_size to evaluate on part of train.")
+    train = _read_npz(train_glob, data_dir)
+    test = _read_npz(test_glob, data_dir) if test_glob else None
     name, known = source, None
   elif kind == "tfds" and rest:
     return _load_tfds(rest, data_dir=data_dir, validation_size=validation_size, seed=seed,
