@@ -6,23 +6,32 @@ step directory atomically, and only removes older steps after a newer one is com
 so a kill during a write leaves the previous checkpoint intact.
 
 Restoring takes an abstract state whose leaves carry the target shardings, so a
-checkpoint written on 8 devices restores onto 1 and the other way round. A latest
-checkpoint that cannot be read (corrupt, half-written by a crash outside orbax's
-atomic rename) is reported in one line and the previous one is used.
+checkpoint written on 8 devices restores onto 1 and the other way round.
+
+Every save records a fingerprint of the state (one wrapping uint32 sum per array, see
+`fingerprint`) in the step's metadata, because orbax reads a flipped bit in the array
+data back without complaint. A latest checkpoint that cannot be read, or reads back
+with another fingerprint, is reported in one line, moved to ``checkpoints_unreadable/``
+(so that it neither shadows the step when it is written again nor is lost) and the
+previous one is used. A checkpoint whose arrays have other names or shapes than the
+config's model and optimizer is a `ConfigError`, not corruption.
 """
 from __future__ import annotations
 
-import logging
 import pathlib
+import shutil
 import sys
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from cnn.errors import ConfigError
 
-log = logging.getLogger(__name__)
+UNREADABLE = "checkpoints_unreadable"
+_FINGERPRINT_KEY = "state_fingerprint"
 
 
 def _manager(path: pathlib.Path, keep: int, *, best_metric: Optional[str] = None,
@@ -32,7 +41,10 @@ def _manager(path: pathlib.Path, keep: int, *, best_metric: Optional[str] = None
       best_fn=(lambda m: m[best_metric]) if best_metric else None,
       best_mode=best_mode, keep_checkpoints_without_metrics=False if best_metric else True,
       cleanup_tmp_directories=not read_only)
-  return ocp.CheckpointManager(path.resolve(), options=options)
+  # One item with a fixed handler: otherwise orbax guesses the layout from the first
+  # step directory it reads, and an empty or damaged one makes it refuse all others.
+  return ocp.CheckpointManager(path.resolve(), options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())
 
 
 class Checkpointer:
@@ -42,17 +54,23 @@ class Checkpointer:
                best_metric: Optional[str] = None, best_mode: str = "min",
                read_only: bool = False):
     self.workdir = pathlib.Path(workdir)
+    self.keep = keep
+    self.read_only = read_only
     self.best_metric = best_metric
-    self.latest = _manager(self.workdir / "checkpoints", keep, read_only=read_only)
+    self.latest = self._latest_manager()
     self.best = (_manager(self.workdir / "best", 1, best_metric=best_metric,
                           best_mode=best_mode, read_only=read_only)
                  if best_metric else None)
+
+  def _latest_manager(self) -> ocp.CheckpointManager:
+    return _manager(self.workdir / "checkpoints", self.keep, read_only=self.read_only)
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
     """Starts writing `state` as `step` (in the background); False if it exists."""
     if step in self.latest.all_steps():
       return False
-    return self.latest.save(step, args=ocp.args.StandardSave(state), force=force)
+    return self.latest.save(step, args=ocp.args.StandardSave(state), force=force,
+                            custom_metadata={_FINGERPRINT_KEY: fingerprint(state)})
 
   def save_best(self, step: int, state: Any, metrics: dict[str, float]) -> None:
     """Offers `state` to the best-checkpoint slot; orbax keeps it if it is the best."""
@@ -61,33 +79,65 @@ class Checkpointer:
     if step in self.best.all_steps():
       return
     self.best.save(step, args=ocp.args.StandardSave(state),
-                   metrics={self.best_metric: float(metrics[self.best_metric])}, force=True)
+                   metrics={self.best_metric: float(metrics[self.best_metric])}, force=True,
+                   custom_metadata={_FINGERPRINT_KEY: fingerprint(state)})
 
   def steps(self) -> list[int]:
     return sorted(self.latest.all_steps())
 
   def restore_latest(self, abstract_state: Any) -> tuple[Optional[int], Any]:
-    """(step, state) of the newest readable checkpoint, or (None, None) if none."""
+    """(step, state) of the newest readable checkpoint, or (None, None) if none.
+
+    Raises ConfigError when a checkpoint holds other arrays than `abstract_state`
+    (another model or optimizer); sets aside one that is merely unreadable.
+    """
     for step in reversed(self.steps()):
       try:
         state = self.latest.restore(step, args=ocp.args.StandardRestore(abstract_state))
-        return step, state
+        problem = _fingerprint_problem(self.latest, step, state)
       except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint: fall back
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        if _is_structure_mismatch(e):
+        difference = _structure_difference(self.latest, step, abstract_state)
+        if difference:
           raise ConfigError(
               f"The checkpoint at step {step} in {self.latest.directory} holds a "
-              "different model or optimizer than this config; use another --workdir "
-              "or pass --overwrite.") from None
-        print(f"warning: checkpoint {step} in {self.latest.directory} is unreadable "
-              f"({reason}); trying the previous one.", file=sys.stderr)
+              f"different model or optimizer than this config ({difference}); use "
+              "another --workdir or pass --overwrite.") from None
+        problem = _first_line(e)
+      if problem is None:
+        return step, state
+      self._set_aside(step, problem)
     return None, None
+
+  def _set_aside(self, step: int, problem: str) -> None:
+    """Reports an unreadable step in one line and moves it out of orbax's sight."""
+    source = pathlib.Path(self.latest.directory) / str(step)
+    where = "left in place (read-only)"
+    if not self.read_only:
+      target = self.workdir / UNREADABLE / str(step)
+      n = 1
+      while target.exists():
+        n += 1
+        target = self.workdir / UNREADABLE / f"{step}.{n}"
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(source), str(target))
+      where = f"moved to {target}"
+    print(f"warning: checkpoint {step} in {source.parent} is unreadable ({problem}); "
+          f"{where}, trying the previous one.", file=sys.stderr)
+    # A failed restore can leave the manager's view of the directory stale.
+    self.latest.close()
+    self.latest = self._latest_manager()
 
   def restore_best(self, abstract_state: Any) -> tuple[Optional[int], Any]:
     if self.best is None or not self.best.all_steps():
       return None, None
     step = self.best.best_step()
-    return step, self.best.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    state = self.best.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    problem = _fingerprint_problem(self.best, step, state)
+    if problem is not None:
+      raise ConfigError(
+          f"The best checkpoint {step} in {self.best.directory} is corrupt ({problem}); "
+          "evaluate the latest checkpoint instead.")
+    return step, state
 
   def wait(self) -> None:
     self.latest.wait_until_finished()
@@ -101,12 +151,123 @@ class Checkpointer:
       self.best.close()
 
 
-def _is_structure_mismatch(error: Exception) -> bool:
-  """Whether orbax refused because the saved tree does not match the target's."""
-  text = str(error)
-  return any(s in text for s in ("tree structure", "Dict key mismatch",
-                                 "does not match", "Missing key", "Unexpected key",
-                                 "shape mismatch", "Requested shape"))
+def check_compatible(workdir: str | pathlib.Path, abstract_state: Any) -> None:
+  """Raises ConfigError if the newest checkpoint of `workdir` whose metadata reads
+  holds other arrays than `abstract_state`. Reads only: run it before writing."""
+  directory = pathlib.Path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    return
+  manager = _manager(directory, 1, read_only=True)
+  try:
+    for step in reversed(sorted(manager.all_steps())):
+      saved = _saved_shapes(manager, step)
+      if saved is None:
+        continue
+      difference = _describe_difference(saved, _shapes(abstract_state))
+      if difference:
+        raise ConfigError(
+            f"The checkpoint at step {step} in {directory} holds a different model or "
+            f"optimizer than this config ({difference}); use another --workdir or pass "
+            "--overwrite.")
+      return
+  finally:
+    manager.close()
+
+
+# ----------------------------------------------------------------------------------
+# What a checkpoint holds: array names and shapes, and a fingerprint of the values
+# ----------------------------------------------------------------------------------
+
+def _key_name(key: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """'params/conv1/kernel' -> shape for every array of a state or of orbax metadata
+  (whose containers are dicts where the state has dataclasses and namedtuples)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
+          for path, leaf in flat}
+
+
+def _saved_shapes(manager: ocp.CheckpointManager, step: int):
+  try:
+    tree = manager.item_metadata(step)
+  except Exception:  # noqa: BLE001 -- unreadable metadata: nothing to compare
+    return None
+  return _shapes(tree) if tree is not None else None
+
+
+def _describe_difference(saved: dict, wanted: dict) -> str:
+  """'' if equal, else the first difference in a few words."""
+  for name in sorted(set(saved) | set(wanted)):
+    if name not in saved:
+      return f"it has no array {name}"
+    if name not in wanted:
+      return f"it has an array {name} this config does not"
+    if tuple(saved[name]) != tuple(wanted[name]):
+      return f"{name} is {tuple(saved[name])} there, {tuple(wanted[name])} here"
+  return ""
+
+
+def _structure_difference(manager: ocp.CheckpointManager, step: int,
+                          abstract_state: Any) -> str:
+  saved = _saved_shapes(manager, step)
+  return "" if saved is None else _describe_difference(saved, _shapes(abstract_state))
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """The bits of `x` as uint32 words (one per element)."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+@jax.jit
+def _fingerprint(state: Any) -> jax.Array:
+  def one(x):
+    words = _words(x).ravel()
+    # Odd weights: a changed word changes the sum (mod 2**32) whatever its position,
+    # and moved words change it too. Integer sums do not depend on the reduction
+    # order, so 8 devices and 1 device agree.
+    weights = 2 * jnp.arange(words.size, dtype=jnp.uint32) + 1
+    return jnp.sum(words * weights, dtype=jnp.uint32)
+  leaves = jax.tree.leaves(state)
+  return jnp.stack([one(x) for x in leaves]) if leaves else jnp.zeros([0], jnp.uint32)
+
+
+def fingerprint(state: Any) -> list[int]:
+  """One uint32 per array of `state`: the sum of its bit patterns with odd weights."""
+  return [int(v) for v in np.asarray(jax.device_get(_fingerprint(state)))]
+
+
+def _fingerprint_problem(manager: ocp.CheckpointManager, step: int,
+                         state: Any) -> Optional[str]:
+  """None if the restored `state` matches the fingerprint saved with it (or none was
+  saved), else what differs."""
+  try:
+    saved = (manager.metadata(step).custom_metadata or {}).get(_FINGERPRINT_KEY)
+  except Exception:  # noqa: BLE001 -- unreadable step metadata: cannot check
+    saved = None
+  if saved is None:
+    return None
+  now = fingerprint(state)
+  if list(saved) == now:
+    return None
+  names = list(_shapes(state))
+  bad = [n for n, a, b in zip(names, saved, now) if a != b] or ["the array count"]
+  return f"the values of {', '.join(bad[:3])} differ from those saved"
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:

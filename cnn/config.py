@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 import pathlib
 from typing import Any, Iterable, Optional
 
@@ -69,6 +70,14 @@ def defaults() -> ml_collections.ConfigDict:
       "log_grad_norms": False,
       "tensorboard": True,
       "quiet": False,
+  })
+  c.transfer = ml_collections.ConfigDict({   # fine-tuning; see cnn/transfer.py
+      "init_from": None,           # workdir of a trained run to start from
+      "checkpoint": "latest",      # latest | best
+      "reinit": "auto",            # regex of params initialised afresh; auto: the head
+      "freeze": "",                # regex of params kept fixed; "backbone": all but reinit
+      "freeze_depth": 0,           # also freeze the first k top-level layers
+      "backbone_lr": 1.0,          # lr multiplier of trainable params not re-initialised
   })
   return c
 
@@ -174,7 +183,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for section in config.keys():
     if section not in reference:
       raise unknown_choice("config section", section, reference.keys())
-  for section in ("data", "optim", "schedule", "train"):
+  for section in ("data", "optim", "schedule", "train", "transfer"):
     if section not in config:
       continue
     for key in config[section].keys():
@@ -189,12 +198,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise unknown_choice(f"{section}.{key}", value, choices)
   for section, key in POSITIVE:
     value = config[section].get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-      raise ConfigError(f"config.{section}.{key} must be a positive number, got {value!r}.")
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+        or not math.isfinite(value)):
+      raise ConfigError(f"config.{section}.{key} must be a positive finite number, got "
+                        f"{value!r}.")
   for section, key in NON_NEGATIVE:
     value = config[section].get(key)
-    if value is not None and (not isinstance(value, (int, float)) or value < 0):
-      raise ConfigError(f"config.{section}.{key} must be >= 0, got {value!r}.")
+    if value is not None and (not isinstance(value, (int, float)) or not value >= 0
+                              or not math.isfinite(value)):
+      raise ConfigError(f"config.{section}.{key} must be finite and >= 0, got {value!r}.")
   if not isinstance(config.seed, int) or isinstance(config.seed, bool):
     raise ConfigError(f"config.seed must be an int, got {config.seed!r}.")
 

@@ -124,9 +124,9 @@ def _conv_taps_fwd(x, kernel, strides, pads, dilation, groups):
 def _conv_taps_bwd(strides, pads, dilation, groups, residuals, g):
   x, kernel = residuals
   # XLA's transposed convolution for the input gradient: it is fast on CPU.
-  _, input_vjp = jax.vjp(
+  input_transpose = jax.linear_transpose(
       lambda x_: conv_lib.conv_xla(x_, kernel, strides, pads, dilation, groups), x)
-  (dx,) = input_vjp(g)
+  (dx,) = input_transpose(g)
   dkernel = weight_gradient(x, g, kernel.shape, strides, pads, dilation, groups)
   return dx, dkernel.astype(kernel.dtype)
 

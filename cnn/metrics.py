@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -64,7 +65,10 @@ class MetricWriter:
     if not self.enabled or not self.path.exists():
       return
     rows = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
-    self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # Written aside and renamed: a kill during the rewrite must not lose the records.
+    tmp = self.path.with_name(f".{self.path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, self.path)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:

@@ -14,7 +14,9 @@ import dataclasses
 import functools
 import itertools
 import json
+import os
 import pathlib
+import re
 import signal
 import sys
 import time
@@ -36,7 +38,8 @@ from cnn import metrics as metrics_lib
 from cnn import models
 from cnn import optim
 from cnn import sharding
-from cnn.errors import ConfigError
+from cnn import transfer
+from cnn.errors import ConfigError, unknown_choice
 
 Batch = tuple[jax.Array, jax.Array]
 
@@ -63,8 +66,9 @@ def param_groups(params: Any) -> list[str]:
 
 
 def stage_of(group: str) -> str:
-  """The stage a top-level module belongs to: 'stage2_block3' -> 'stage2'."""
-  return group.split("_block")[0]
+  """The stage a top-level module belongs to: 'stage2_block3' -> 'stage2' (ResNets),
+  'stage3_layer7' -> 'stage3' (DenseNet); other names are their own group."""
+  return re.split(r"_(?:block|layer|transition)", group, maxsplit=1)[0]
 
 
 def metric_names(params: Any, log_grad_norms: bool) -> list[str]:
@@ -148,7 +152,7 @@ def _finite(tree) -> jax.Array:
 
 def apply_update(state: TrainState, grads, new_stats, metrics, *, tx, schedule,
                  cfg: StepConfig) -> tuple[TrainState, dict[str, jax.Array]]:
-  """The optimizer update, guarded against non-finite losses and gradients.
+  """The optimizer update, guarded against non-finite losses, gradients and updates.
 
   A non-finite step leaves the state untouched. In "skip" mode it is counted and
   training goes on; in "stop" mode the step is recorded in ``halted_at`` (with the
@@ -156,11 +160,13 @@ def apply_update(state: TrainState, grads, new_stats, metrics, *, tx, schedule,
   so the loop can stop with the last good state and checkpoints intact.
   """
   groups = param_groups(grads)
-  group_ok = jnp.array([_finite(grads[g]) for g in groups])
-  ok = jnp.all(group_ok) & jnp.isfinite(metrics["loss"]) & (state.halted_at < 0)
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   updates = jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates)
   new_params = optax.apply_updates(state.params, updates)
+  # Finite gradients can still overflow in the update (a huge learning rate): the
+  # new parameters are checked too, so no checkpoint ever holds a non-finite one.
+  group_ok = jnp.array([_finite(grads[g]) & _finite(new_params[g]) for g in groups])
+  ok = jnp.all(group_ok) & jnp.isfinite(metrics["loss"]) & (state.halted_at < 0)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
   first_bad = (~ok) & (state.halted_at < 0)
   stopping = cfg.nonfinite == "stop"
@@ -312,6 +318,27 @@ def _example_shape(split, out_size) -> tuple[int, int, int]:
   return (*(out_size or (h, w)), c)
 
 
+def _check_input_pipeline(config, dataset, mesh, out_size) -> None:
+  """Input mistakes that would otherwise surface only when the steps are compiled (an
+  unknown augmentation, a crop larger than the images, a batch larger than the data,
+  an eval batch the devices cannot split) raise here, before `fit` writes anything."""
+  tc, augment = config.train, config.data.get("augment", "none")
+  sharding.check_batch_size(tc.get("eval_batch_size") or tc.batch_size, mesh,
+                            "train.eval_batch_size")
+  data_lib.steps_per_epoch(len(dataset.train), tc.batch_size)
+  if dataset.train.streamed:
+    if augment not in data_lib.HOST_AUGMENTATIONS:
+      raise unknown_choice("data.augment", augment, data_lib.HOST_AUGMENTATIONS)
+    return
+  batch_fn = data_lib.make_train_batch_fn(
+      len(dataset.train), tc.batch_size, augment=augment, mean=dataset.mean,
+      std=dataset.std, seed=config.seed, out_size=out_size)
+  x, y = dataset.train.x, dataset.train.y
+  jax.eval_shape(batch_fn, jax.ShapeDtypeStruct(x.shape, x.dtype),
+                 jax.ShapeDtypeStruct(y.shape, jnp.int32),
+                 jax.ShapeDtypeStruct((), jnp.int32))
+
+
 def build_run(config) -> Run:
   """Validates the config and builds data, model, optimizer; writes nothing."""
   config_lib.validate(config)
@@ -326,9 +353,11 @@ def build_run(config) -> Run:
   h, w, c = _example_shape(dataset.train, out_size)
   input_shape = (config.train.batch_size // sharding.data_size(mesh), h, w, c)
   models.output_shape(model, input_shape)   # too small an input -> one sentence
+  _check_input_pipeline(config, dataset, mesh, out_size)
   steps = config.train.steps
   schedule = optim.make_schedule(config.schedule, config.optim.learning_rate, steps)
   tx = optim.make_optimizer(config.optim, schedule)
+  tx = transfer.wrap_optimizer(tx, config, model, input_shape)  # frozen / per-group lr
   wd = float(config.optim.get("weight_decay", 0.0) or 0.0)
   step_cfg = StepConfig(
       weight_decay_in_loss=wd if optim.uses_l2_in_loss(config.optim) else 0.0,
@@ -426,21 +455,43 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def prepare_workdir(workdir: pathlib.Path, config, *, overwrite: bool = False) -> None:
-  """Creates the workdir, or checks that the one there holds this same configuration."""
+def check_workdir(workdir: pathlib.Path, config, *, overwrite: bool = False,
+                  fork: bool = False) -> None:
+  """Refuses a workdir whose run has another configuration (unless overwriting or
+  forking it). Reads only."""
   saved = workdir / "config.json"
-  if saved.exists() and not overwrite:
-    differing = config_lib.differing_keys(json.loads(saved.read_text()), config.to_dict())
+  if saved.is_file() and not (overwrite or fork):
+    try:
+      previous = json.loads(saved.read_text())
+    except (OSError, ValueError):
+      raise ConfigError(f"{saved} is unreadable; use another --workdir, or --overwrite "
+                        "to start afresh there.") from None
+    differing = config_lib.differing_keys(previous, config.to_dict())
     if differing:
       raise ConfigError(
           f"{workdir} holds a run with a different configuration "
           f"({', '.join(differing[:6])}{' ...' if len(differing) > 6 else ''} differ); "
           "use another --workdir, --overwrite to start afresh, or --fork to continue "
           "from its checkpoint with the new settings.")
-  if overwrite and workdir.exists():
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+  """Writes `text` so that a kill leaves either the old file or the new one."""
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def prepare_workdir(workdir: pathlib.Path, config, *, overwrite: bool = False,
+                    fork: bool = False) -> None:
+  """Creates the workdir (emptied with `overwrite`), or checks that the one there holds
+  this same configuration; `fork` keeps its checkpoints and takes the new config."""
+  check_workdir(workdir, config, overwrite=overwrite, fork=fork)
+  saved = workdir / "config.json"
+  if overwrite and workdir.is_dir():
     import shutil
     for sub in ("checkpoints", "best", "tensorboard", "metrics.jsonl", "config.json",
-                "final.json"):
+                "final.json", ckpt_lib.UNREADABLE):
       path = workdir / sub
       if path.is_dir():
         shutil.rmtree(path)
@@ -448,7 +499,7 @@ def prepare_workdir(workdir: pathlib.Path, config, *, overwrite: bool = False) -
         path.unlink()
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    write_atomic(saved, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
   except OSError as e:
     raise ConfigError(f"Cannot write to workdir {workdir} ({e.strerror}); choose a "
                       "writable --workdir.") from None
@@ -465,8 +516,11 @@ def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False,
   workdir = pathlib.Path(workdir)
   run = build_run(config)           # every config mistake surfaces before any write
   tc = config.train
-  prepare_workdir(workdir, config, overwrite=overwrite or fork)
+  check_workdir(workdir, config, overwrite=overwrite, fork=fork)
   state, shardings = init_state(run)
+  if not overwrite:                 # a checkpoint of another model: refuse, still unwritten
+    ckpt_lib.check_compatible(workdir, ckpt_lib.abstract_like(state, shardings))
+  prepare_workdir(workdir, config, overwrite=overwrite, fork=fork)
   checkpointer = ckpt_lib.Checkpointer(
       workdir, keep=tc.get("keep_checkpoints", 3), best_metric=tc.get("best_metric"),
       best_mode=tc.get("best_mode", "min"))
@@ -474,6 +528,8 @@ def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False,
   if restored is not None:
     state = restored
     print(f"resumed from step {start} in {workdir}", file=sys.stderr)
+  else:
+    state = transfer.warm_start(state, run)   # transfer.init_from's parameters, if set
   writer = metrics_lib.MetricWriter(workdir, tensorboard=tc.get("tensorboard", True))
   writer.truncate_after(int(state.step))
   train_step, eval_step, device_data = compile_steps(run, shardings)
@@ -543,9 +599,12 @@ def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False,
     checkpointer.save(step, state)
   checkpointer.close()
   writer.close()
+  if not last and writer.enabled:   # resumed at the end: nothing ran, report the last log
+    rows = metrics_lib.read_jsonl(writer.path)
+    last = dict(rows[-1]) if rows else {"step": step}
   last["status"] = status
   if status == "done":
-    (workdir / "final.json").write_text(json.dumps(last, indent=2) + "\n")
+    write_atomic(workdir / "final.json", json.dumps(last, indent=2) + "\n")
   return last
 
 
@@ -567,12 +626,14 @@ class NonFiniteError(RuntimeError):
 
 
 def raise_nonfinite(state: TrainState, step: int, checkpointer) -> None:
+  """`step` is ``state.halted_at``, the 0-based index of the bad update; the message
+  counts updates from 1, as metrics.jsonl and the checkpoint names do."""
   groups = param_groups(state.params)
   bad = [g for g, b in zip(groups, np.asarray(state.bad_groups)) if b]
   checkpointer.close()
   last_good = checkpointer.steps()[-1] if checkpointer.steps() else None
   where = f"; the last good checkpoint is step {last_good}" if last_good is not None else ""
   raise NonFiniteError(
-      f"Non-finite loss or gradient at step {step} (parameter groups with non-finite "
-      f"gradients: {', '.join(bad) or 'none; the loss itself'}){where}. Lower the "
-      "learning rate, or set train.nonfinite='skip' to skip such updates.")
+      f"Non-finite loss or gradient at step {step + 1} (parameter groups with non-finite "
+      f"gradients or updates: {', '.join(bad) or 'none; the loss itself'}){where}. Lower "
+      "the learning rate, or set train.nonfinite='skip' to skip such updates.")

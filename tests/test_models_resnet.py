@@ -181,6 +181,32 @@ def test_centered_padding_places_windows_as_pytorch():
   assert centered_same_padding((224, 224), 7, 2) == ((3, 2), (3, 2))
 
 
+@pytest.mark.parametrize("residual", [True, False])
+def test_blocks_with_zero_branch_pass_only_the_shortcut(residual):
+  # With every residual branch's last BN scale at 0 (zero_init_residual), a ResNet's
+  # blocks reduce to relu(shortcut(x)): stage outputs are the stem's output,
+  # subsampled and zero-padded by option A. The plain twin, without shortcuts,
+  # outputs zeros.
+  model = cifar_resnet(8, width=4, residual=residual)
+  variables = random_variables(model, CIFAR)
+  params = dict(variables["params"])
+  for block in ("stage1_block0", "stage2_block0", "stage3_block0"):
+    bn2 = params[block]["bn2"]["bn"]
+    params[block] = {**params[block], "bn2": {"bn": {**bn2, "scale": 0 * bn2["scale"]}}}
+  run = jax.jit(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True,
+                                         mutable=["intermediates"]))
+  x = jax.random.normal(jax.random.key(3), (2,) + CIFAR)
+  _, state = run({"params": params, "batch_stats": variables["batch_stats"]}, x)
+  inter = state["intermediates"]
+  stem = jax.nn.relu(inter["bn1"]["__call__"][0])
+  out = inter["stage3_block0"]["__call__"][0]
+  assert out.shape == (2, 8, 8, 16)
+  if residual:
+    np.testing.assert_array_equal(out, pad_shortcut(pad_shortcut(stem, 8, 2), 16, 2))
+  else:
+    np.testing.assert_array_equal(out, 0.0)
+
+
 # ----------------------------------------------------------------------------------
 # Names and stages
 # ----------------------------------------------------------------------------------

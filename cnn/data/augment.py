@@ -50,7 +50,8 @@ MASK_FILL = -1
 # ----------------------------------------------------------------------------------
 
 def center_crop(images: Array, out_size: tuple[int, int]) -> Array:
-  """Central (h, w) window of a batch (B, H, W, ...); the identity when sizes match."""
+  """Central (h, w) window of a batch (B, H, W, ...), jax or numpy; the identity when
+  sizes match."""
   height, width = images.shape[1:3]
   h, w = out_size
   if h > height or w > width:

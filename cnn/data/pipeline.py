@@ -34,7 +34,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cnn.data import augment as augment_lib
-from cnn.data.sources import Split, pad_or_crop
+from cnn.data.sources import Split
 from cnn.errors import ConfigError
 
 Array = jax.Array
@@ -277,10 +277,10 @@ def eval_batches(split: Split, batch_size: int, *, mean, std,
         images = np.stack([augment_lib.host_center_fit(x, size) for x, _ in examples])
         targets = np.asarray([y for _, y in examples], np.int32)
       else:
-        images = pad_or_crop(split.x[index], size)
+        images = augment_lib.center_crop(split.x[index], size)
         targets = np.asarray(split.y[index], np.int32)
         if targets.ndim == 3:
-          targets = pad_or_crop(targets[..., None], size)[..., 0]
+          targets = augment_lib.center_crop(targets, size)
       yield normalize_np(images, mean, std), targets, mask
   finally:
     if pool is not None:

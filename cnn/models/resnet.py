@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -361,3 +361,12 @@ for _depth in IMAGENET_STAGES:
 register("resnext50_32x4d", input_shape=(224, 224, 3), family="resnet",
          description="ResNeXt-50 (32x4d) for ImageNet (Xie et al. 2017 Table 1)",
          depth=50, groups=32, width_per_group=4)(imagenet_resnet)
+
+# The generic entries that configs use for depth sweeps: ``model.name="cifar_resnet"``
+# with ``model.depth``, ``model.residual``, ``model.shortcut`` and ``model.width``.
+register("cifar_resnet", input_shape=(32, 32, 3), family="resnet",
+         description="CIFAR ResNet or plain net of any depth 6n+2 (model.depth, "
+                     "model.residual, model.shortcut, model.width)")(cifar_resnet)
+register("imagenet_resnet", input_shape=(224, 224, 3), family="resnet",
+         description="ImageNet ResNet or plain net of depth 18/34/50/101/152 "
+                     "(model.depth, model.residual)")(imagenet_resnet)

@@ -1,0 +1,504 @@
+"""Semantic segmentation: pixel-wise loss, FCN's metrics, data, and a train loop.
+
+The course (optimisation lecture, case study 3): the output is a pixel-level class
+map, the loss a pixel-level classification loss. The models are FCN-32s/16s/8s and
+U-Net (cnn/models/segmentation.py); they output logits (N, H, W, classes).
+
+Metrics (Long et al. 2015, section 5, with n_ij the pixels of class i predicted as
+class j and t_i = sum_j n_ij the pixels of class i):
+
+    pixel accuracy   sum_i n_ii / sum_i t_i
+    mean accuracy    (1 / n_cl) sum_i n_ii / t_i
+    mean IU          (1 / n_cl) sum_i n_ii / (t_i + sum_j n_ji - n_ii)
+    frequency-weighted IU  (sum_k t_k)^-1 sum_i t_i n_ii / (t_i + sum_j n_ji - n_ii)
+
+A class that is absent from both the labels and the predictions has an undefined
+IU and is left out of the means (the FCN code's ``nanmean``). Pixels labelled below
+0 (-1: outside the image after an augmentation's crop) are ignored by the loss and
+the metrics.
+
+Data (``data.source``):
+
+* ``canvas``, ``canvas:mnist``, ``canvas:digits``: a segmentation task built from real
+  digits: 1 to 3 digits (MNIST's 28x28, or scikit-learn's digits at 24x24 when MNIST
+  is absent or asked for) pasted at random, non-overlapping places on a 64x64 black
+  canvas; each pixel is labelled 0 (background) or 1 + its digit's class where the
+  digit's ink is at least half the maximum (11 classes). Generated deterministically
+  from ``config.seed``; train canvases use training digits only, test canvases test
+  digits only. Sizes in the config's ``segmentation`` section.
+* ``tfds:oxford_iiit_pet``: the pets with their trimaps (pet, background, border; 3
+  classes), read by cnn.data at ``data.image_size``.
+
+Training reuses the engine's pieces (TrainState, the guarded update, optimizers and
+schedules, the on-device input pipeline, sharding, checkpoints, metrics.jsonl) with
+its own loss and evaluation:
+
+    python -m cnn.segmentation --config experiments/segmentation_digits.py --workdir W
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import pathlib
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cnn.errors import ConfigError, exit_on_user_error, unknown_choice
+
+IGNORE = -1                  # label of pixels that count nowhere
+CANVAS_SOURCES = ("canvas", "canvas:mnist", "canvas:digits")
+INK_FRACTION = 0.5           # a digit's pixel is labelled where ink >= half its maximum
+
+
+# ----------------------------------------------------------------------------------
+# Loss and metrics
+# ----------------------------------------------------------------------------------
+
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(sum of the per-pixel softmax cross-entropies, number of labelled pixels).
+
+  `logits` (..., H, W, K), `labels` (..., H, W) ints; pixels labelled < 0 count
+  nowhere. The mean loss is the first over the second.
+  """
+  valid = labels >= 0
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(log_p, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
+  return -jnp.sum(jnp.where(valid, picked, 0.0)), jnp.sum(valid).astype(jnp.float32)
+
+
+def mean_pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  total, count = pixel_cross_entropy(logits, labels)
+  return total / jnp.maximum(count, 1.0)
+
+
+def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int,
+                     weights: Optional[jax.Array] = None) -> jax.Array:
+  """(K, K) float32 counts n_ij of pixels of class i (rows) predicted as j (columns).
+
+  Pixels labelled < 0 are skipped; `weights` (broadcast to the labels) weighs the
+  rest (0 for the padding of the last evaluation batch).
+  """
+  labels = labels.astype(jnp.int32)
+  w = (labels >= 0).astype(jnp.float32)
+  if weights is not None:
+    w = w * jnp.broadcast_to(jnp.asarray(weights, jnp.float32).reshape(
+        weights.shape + (1,) * (labels.ndim - jnp.ndim(weights))), labels.shape)
+  index = jnp.clip(labels, 0, num_classes - 1) * num_classes + jnp.clip(
+      predictions.astype(jnp.int32), 0, num_classes - 1)
+  counts = jnp.bincount(index.ravel(), weights=w.ravel(), length=num_classes ** 2)
+  return counts.reshape(num_classes, num_classes)
+
+
+def scores(confusion: np.ndarray) -> dict[str, Any]:
+  """FCN's four metrics (module docstring) and the per-class IU of a confusion matrix."""
+  n = np.asarray(confusion, np.float64)
+  hits = np.diag(n)
+  truth = n.sum(1)                        # t_i
+  union = truth + n.sum(0) - hits         # t_i + sum_j n_ji - n_ii
+  with np.errstate(invalid="ignore", divide="ignore"):
+    iou = np.where(union > 0, hits / union, np.nan)
+    accuracy = np.where(truth > 0, hits / truth, np.nan)
+  total = truth.sum()
+  present = union > 0
+  return {
+      "pixel_accuracy": float(hits.sum() / total) if total else float("nan"),
+      "mean_accuracy": float(np.nanmean(accuracy)) if np.any(truth > 0) else float("nan"),
+      "mean_iou": float(np.nanmean(iou)) if np.any(present) else float("nan"),
+      "fw_iou": float(np.sum(truth[present] * iou[present]) / total) if total else
+                float("nan"),
+      "iou": [None if np.isnan(v) else float(v) for v in iou],
+  }
+
+
+def pixel_topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """1.0 where a pixel's label is among its k largest logits (ties in its favour)."""
+  k = min(k, logits.shape[-1])
+  label_logit = jnp.take_along_axis(logits, jnp.maximum(labels, 0)[..., None], axis=-1)
+  return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------
+# Digits on a canvas
+# ----------------------------------------------------------------------------------
+
+def place_digits(digits: np.ndarray, classes: np.ndarray, count: int, *,
+                 size: int = 64, min_digits: int = 1, max_digits: int = 3,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """`count` canvases (N, size, size, 1) uint8 and label maps (N, size, size) int32.
+
+  Each canvas holds between `min_digits` and `max_digits` digits drawn from `digits`
+  (M, h, w) uint8 with classes `classes`, at random positions whose boxes do not
+  overlap (a digit that finds no free place after 100 tries is left out). Pixels
+  of a digit with at least INK_FRACTION of its maximum ink get 1 + its class.
+  """
+  digits = np.asarray(digits)
+  if digits.ndim == 4:
+    digits = digits[..., 0]
+  h, w = digits.shape[1:3]
+  if h > size or w > size:
+    raise ConfigError(f"Digits of {h}x{w} do not fit a {size}x{size} canvas; use "
+                      f"segmentation.canvas_size >= {max(h, w)}.")
+  if not 1 <= min_digits <= max_digits:
+    raise ConfigError(f"segmentation.min_digits ({min_digits}) and max_digits "
+                      f"({max_digits}) must satisfy 1 <= min <= max.")
+  rng = np.random.default_rng(seed)
+  images = np.zeros((count, size, size), np.uint8)
+  labels = np.zeros((count, size, size), np.int32)
+  peak = digits.reshape(len(digits), -1).max(1)
+  for i in range(count):
+    boxes: list[tuple[int, int]] = []
+    for _ in range(rng.integers(min_digits, max_digits + 1)):
+      for _ in range(100):
+        top, left = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
+        if all(abs(top - t) >= h or abs(left - l) >= w for t, l in boxes):
+          boxes.append((top, left))
+          break
+    for top, left in boxes:
+      j = rng.integers(len(digits))
+      ink = digits[j]
+      window = (slice(top, top + h), slice(left, left + w))
+      images[i][window] = np.maximum(images[i][window], ink)
+      on = ink.astype(np.float32) >= INK_FRACTION * max(int(peak[j]), 1)
+      labels[i][window] = np.where(on, int(classes[j]) + 1, labels[i][window])
+  return images[..., None], labels
+
+
+def _canvas_digits(kind: str, data_dir: Optional[str]):
+  """(train digits, train classes, test digits, test classes, name) for the canvas."""
+  from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
+  from cnn.data import sources  # pylint: disable=import-outside-toplevel
+  if kind == "canvas":
+    root = pathlib.Path(data_dir or sources._data_root(None))  # pylint: disable=protected-access
+    kind = "canvas:mnist" if (root / "mnist").is_dir() else "canvas:digits"
+  if kind == "canvas:mnist":
+    ds = data_lib.load("mnist", data_dir=data_dir)
+    crop = lambda x: x[..., 0]
+  else:
+    ds = data_lib.load("digits")
+    crop = lambda x: x[:, 4:28, 4:28, 0]     # the 24x24 digit in its 32x32 field
+  return (crop(ds.train.x), np.asarray(ds.train.y), crop(ds.test.x), np.asarray(ds.test.y),
+          kind)
+
+
+def load_canvas(source: str = "canvas", *, size: int = 64, min_digits: int = 1,
+                max_digits: int = 3, train_size: int = 6000, test_size: int = 500,
+                seed: int = 0, data_dir: Optional[str] = None):
+  """The digit-canvas segmentation task as a cnn.data Dataset (11 classes)."""
+  from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
+  if source not in CANVAS_SOURCES:
+    raise unknown_choice("canvas source", source, CANVAS_SOURCES)
+  for what, n in (("train_size", train_size), ("test_size", test_size)):
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+      raise ConfigError(f"segmentation.{what} must be a positive int, got {n!r}.")
+  tx, ty, vx, vy, name = _canvas_digits(source, data_dir)
+  kw = dict(size=size, min_digits=min_digits, max_digits=max_digits)
+  # Separate streams so the test canvases do not change with train_size.
+  train = data_lib.Split(*place_digits(tx, ty, train_size, seed=seed * 2 + 0, **kw))
+  test = data_lib.Split(*place_digits(vx, vy, test_size, seed=seed * 2 + 1, **kw))
+  mean, std = data_lib.channel_stats(train)
+  return data_lib.Dataset(name=name, train=train, eval=test, test=test, num_classes=11,
+                          mean=mean, std=std, task="segmentation")
+
+
+# ----------------------------------------------------------------------------------
+# Configs
+# ----------------------------------------------------------------------------------
+
+def defaults() -> ml_collections.ConfigDict:
+  """The engine's config plus a ``segmentation`` section (canvas sizes)."""
+  from cnn import config as config_lib  # pylint: disable=import-outside-toplevel
+  c = config_lib.defaults()
+  c.data.source = "canvas"
+  c.model = ml_collections.ConfigDict({"name": "unet", "width": 8, "depth": 3})
+  c.train.best_metric = "eval_mean_iou"
+  c.train.best_mode = "max"
+  c.segmentation = ml_collections.ConfigDict({
+      "canvas_size": 64, "min_digits": 1, "max_digits": 3,
+      "train_size": 6000, "test_size": 500,
+  })
+  return c
+
+
+def validate(config) -> None:
+  """The engine's checks on everything but the ``segmentation`` section, then it."""
+  from cnn import config as config_lib  # pylint: disable=import-outside-toplevel
+  plain = config.to_dict()
+  section = plain.pop("segmentation", None)
+  config_lib.validate(ml_collections.ConfigDict(plain))
+  reference = defaults().segmentation
+  for key in (section or {}):
+    if key not in reference:
+      raise unknown_choice("config key", f"segmentation.{key}",
+                           [f"segmentation.{k}" for k in reference.keys()])
+  source = config.data.source
+  if source not in CANVAS_SOURCES and not source.startswith("tfds:"):
+    raise ConfigError(f"Segmentation data.source {source!r} is not supported; use "
+                      f"{', '.join(CANVAS_SOURCES)} or tfds:oxford_iiit_pet.")
+  if config.train.get("step_impl", "jit") != "jit":
+    raise ConfigError("Segmentation training supports train.step_impl='jit' only.")
+
+
+def load_data(config):
+  """The Dataset a segmentation config names."""
+  from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
+  d = config.data
+  if d.source in CANVAS_SOURCES:
+    s = {**defaults().segmentation.to_dict(),
+         **(config.segmentation.to_dict() if "segmentation" in config else {})}
+    return load_canvas(d.source, size=int(s["canvas_size"]), min_digits=int(s["min_digits"]),
+                       max_digits=int(s["max_digits"]), train_size=int(s["train_size"]),
+                       test_size=int(s["test_size"]), seed=config.seed,
+                       data_dir=d.get("data_dir"))
+  return data_lib.load(d.source, data_dir=d.get("data_dir"), task="segmentation",
+                       validation_size=d.get("validation_size", 0), seed=config.seed,
+                       image_size=d.get("image_size"), channels=d.get("channels"))
+
+
+# ----------------------------------------------------------------------------------
+# Steps
+# ----------------------------------------------------------------------------------
+
+def loss_fn(params, batch_stats, images, masks, rng, *, model, cfg):
+  """Mean pixel cross-entropy + the papers' L2 term; aux = (loss, logits, stats)."""
+  from cnn import optim, train  # pylint: disable=import-outside-toplevel
+  output, new_stats = train._logits_and_stats(  # pylint: disable=protected-access
+      model, params, batch_stats, images, rng, True)
+  logits = train._main_logits(output)  # pylint: disable=protected-access
+  loss = mean_pixel_cross_entropy(logits, masks)
+  return loss + optim.l2_penalty(params, cfg.weight_decay_in_loss), (loss, logits, new_stats)
+
+
+def make_train_step(model, tx, schedule, cfg):
+  """train_step(state, images, masks) -> (state, metrics): the engine's guarded update
+  with the pixel loss; 'top1_error' / 'top5_error' are per-pixel errors."""
+  from cnn import train  # pylint: disable=import-outside-toplevel
+
+  def train_step(state, images, masks):
+    rng = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, cfg=cfg),
+                                 has_aux=True)
+    (_, (loss, logits, new_stats)), grads = grad_fn(state.params, state.batch_stats,
+                                                    images, masks, rng)
+    valid = (masks >= 0).astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(valid), 1.0)
+    metrics = {"loss": loss}
+    for k in (1, 5):
+      correct = jnp.sum(pixel_topk_correct(logits, masks, k) * valid)
+      metrics[f"top{k}_error"] = 1.0 - correct / count
+    return train.apply_update(state, grads, new_stats, metrics, tx=tx, schedule=schedule,
+                              cfg=cfg)
+
+  return train_step
+
+
+def make_eval_step(model, num_classes: int):
+  """eval_step(state, images, masks, mask) -> sums: loss, labelled pixels, confusion."""
+  from cnn import train  # pylint: disable=import-outside-toplevel
+
+  def eval_step(state, images, masks, weight):
+    logits = train._main_logits(model.apply(  # pylint: disable=protected-access
+        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False))
+    w = weight[:, None, None]
+    masks = jnp.where(w > 0, masks, IGNORE)
+    total, count = pixel_cross_entropy(logits, masks)
+    return {"loss": total, "pixels": count,
+            "confusion": confusion_matrix(masks, jnp.argmax(logits, -1), num_classes)}
+
+  return eval_step
+
+
+def evaluate(eval_step, state, split, *, batch_size: int, mean, std, mesh,
+             out_size=None) -> dict[str, Any]:
+  """Loss and FCN's metrics over a whole split, each pixel once."""
+  from cnn import data as data_lib, sharding  # pylint: disable=import-outside-toplevel
+  totals = None
+  shard = sharding.batch_sharding(mesh)
+  for images, masks, weight in data_lib.eval_batches(split, batch_size, mean=mean,
+                                                     std=std, out_size=out_size):
+    batch = jax.device_put((np.asarray(images), np.asarray(masks, np.int32),
+                            np.asarray(weight, np.float32)), shard)
+    sums = eval_step(state, *batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  result = scores(totals["confusion"])
+  result["loss"] = float(totals["loss"]) / max(float(totals["pixels"]), 1.0)
+  return result
+
+
+# ----------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------
+
+def build_run(config):
+  """A cnn.train.Run for a segmentation config (data, model, optimizer)."""
+  from cnn import models, optim, sharding, train, transfer  # pylint: disable=import-outside-toplevel
+  validate(config)
+  mesh = sharding.make_mesh(config.train.get("model_parallel", 1))
+  sharding.check_batch_size(config.train.batch_size, mesh)
+  dataset = load_data(config)
+  model = train.build_model(config, dataset.num_classes)
+  out_size = None              # images and masks are loaded at data.image_size
+  h, w, c = dataset.train.x.shape[1:]
+  input_shape = (config.train.batch_size // sharding.data_size(mesh), h, w, c)
+  models.output_shape(model, input_shape)
+  schedule = optim.make_schedule(config.schedule, config.optim.learning_rate,
+                                 config.train.steps)
+  tx = optim.make_optimizer(config.optim, schedule)
+  tx = transfer.wrap_optimizer(tx, config, model, input_shape)
+  wd = float(config.optim.get("weight_decay", 0.0) or 0.0)
+  step_cfg = train.StepConfig(
+      weight_decay_in_loss=wd if optim.uses_l2_in_loss(config.optim) else 0.0,
+      nonfinite=config.train.get("nonfinite", "stop"),
+      log_grad_norms=bool(config.train.get("log_grad_norms", False)),
+      log_every=int(config.train.log_every))
+  return train.Run(config, mesh, dataset, model, schedule, tx, step_cfg, input_shape,
+                   out_size)
+
+
+def compile_steps(run, shardings):
+  """(train_step(state, x_all, y_all), eval_step, (x_all, y_all)) with the input
+  pipeline fused into the jitted train step, as the engine does."""
+  from cnn import data as data_lib, sharding  # pylint: disable=import-outside-toplevel
+  cfg, ds, mesh = run.config, run.dataset, run.mesh
+  core = make_train_step(run.model, run.tx, run.schedule, run.step_cfg)
+  batch_fn = data_lib.make_train_batch_fn(
+      len(ds.train), cfg.train.batch_size, augment=cfg.data.get("augment", "none"),
+      mean=ds.mean, std=ds.std, seed=cfg.seed, out_size=run.out_size,
+      sharding=sharding.batch_sharding(mesh))
+
+  def fused(state, x_all, y_all):
+    return core(state, *batch_fn(x_all, y_all, state.step))
+
+  replicated = sharding.replicated(mesh)
+  train_step = jax.jit(fused, in_shardings=(shardings, replicated, replicated),
+                       out_shardings=(shardings, replicated), donate_argnums=0)
+  batch = sharding.batch_sharding(mesh)
+  eval_step = jax.jit(make_eval_step(run.model, ds.num_classes),
+                      in_shardings=(shardings, batch, batch, batch))
+  return train_step, eval_step, data_lib.put_on_devices(ds.train, mesh)
+
+
+def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False) -> dict[str, Any]:
+  """Trains a segmentation config in `workdir` (resuming from its latest checkpoint);
+  writes config.json, metrics.jsonl, checkpoints/, best/ and final.json like the
+  engine. Returns the last logged record."""
+  from cnn import checkpoint as ckpt_lib, metrics as metrics_lib, train, transfer  # pylint: disable=import-outside-toplevel
+  workdir = pathlib.Path(workdir)
+  run = build_run(config)
+  tc = config.train
+  train.prepare_workdir(workdir, config, overwrite=overwrite)
+  state, shardings = train.init_state(run)
+  checkpointer = ckpt_lib.Checkpointer(
+      workdir, keep=tc.get("keep_checkpoints", 3), best_metric=tc.get("best_metric"),
+      best_mode=tc.get("best_mode", "max"))
+  _, restored = checkpointer.restore_latest(ckpt_lib.abstract_like(state, shardings))
+  state = restored if restored is not None else transfer.warm_start(state, run)
+  writer = metrics_lib.MetricWriter(workdir, tensorboard=tc.get("tensorboard", True))
+  writer.truncate_after(int(state.step))
+  train_step, eval_step, (x_all, y_all) = compile_steps(run, shardings)
+  ds = run.dataset
+  eval_bs = tc.get("eval_batch_size") or tc.batch_size
+  progress = metrics_lib.ProgressBar(tc.steps, quiet=tc.get("quiet", False))
+  step, last = int(state.step), {}
+  window_start, window_step = time.time(), step
+  while step < tc.steps:
+    state, _ = train_step(state, x_all, y_all)
+    step += 1
+    at_log = step % tc.log_every == 0 or step == tc.steps
+    at_eval = (bool(tc.eval_every) and step % tc.eval_every == 0) or step == tc.steps
+    at_ckpt = bool(tc.checkpoint_every) and step % tc.checkpoint_every == 0
+    if not (at_log or at_eval or at_ckpt):
+      continue
+    if int(state.halted_at) >= 0:
+      train.raise_nonfinite(state, int(state.halted_at), checkpointer)
+    window = jax.device_get(state.window)
+    count = max(float(window.pop("count")), 1.0)
+    record = {"lr": float(run.schedule(step - 1)),
+              **{f"train_{k}": float(v) / count for k, v in window.items()},
+              "img_per_s": (step - window_step) * tc.batch_size /
+                           max(time.time() - window_start, 1e-9)}
+    if at_eval:
+      ev = evaluate(eval_step, state, ds.eval, batch_size=eval_bs, mean=ds.mean,
+                    std=ds.std, mesh=run.mesh, out_size=run.out_size)
+      record.update({f"eval_{k}": v for k, v in ev.items() if k != "iou"})
+      checkpointer.save_best(step, state, record)
+      last_iou = ev["iou"]
+    writer.write(step, record)
+    last = {"step": step, **record}
+    progress.update(step, loss=record["train_loss"], img_s=record["img_per_s"])
+    if at_ckpt or step == tc.steps:
+      checkpointer.save(step, state)
+    window_start, window_step = time.time(), step
+  progress.close()
+  checkpointer.close()
+  writer.close()
+  last["status"] = "done"
+  if "eval_mean_iou" in last:
+    last["eval_iou_per_class"] = last_iou
+  (workdir / "final.json").write_text(json.dumps(last, indent=2) + "\n")
+  return last
+
+
+def restore_state(workdir: str | pathlib.Path, *, best: bool = False):
+  """(run, state, step) of a segmentation workdir's latest (or best) checkpoint."""
+  from cnn import checkpoint as ckpt_lib, evaluation, train  # pylint: disable=import-outside-toplevel
+  workdir = pathlib.Path(workdir)
+  config = evaluation.load_run_config(workdir)
+  run = build_run(config)
+  state, shardings = train.init_state(run)
+  checkpointer = ckpt_lib.Checkpointer(workdir, best_metric=config.train.get("best_metric"),
+                                       best_mode=config.train.get("best_mode", "max"),
+                                       read_only=True)
+  abstract = ckpt_lib.abstract_like(state, shardings)
+  step, restored = (checkpointer.restore_best(abstract) if best
+                    else checkpointer.restore_latest(abstract))
+  if restored is None:
+    raise ConfigError(f"{workdir} has no readable {'best ' if best else ''}checkpoint; "
+                      "train first with python -m cnn.segmentation.")
+  return run, restored, step
+
+
+def is_segmentation_run(workdir: str | pathlib.Path) -> bool:
+  """Whether a workdir's config.json is a segmentation config."""
+  saved = pathlib.Path(workdir) / "config.json"
+  return saved.exists() and "segmentation" in json.loads(saved.read_text())
+
+
+def predict(run, state, images: np.ndarray) -> np.ndarray:
+  """Label maps (N, H, W) for normalised images (N, H, W, C)."""
+  logits = run.model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                           jnp.asarray(images), train=False)
+  return np.asarray(jnp.argmax(logits, -1))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m cnn.segmentation",
+      description="Train a segmentation config (experiments/segmentation_*.py).")
+  parser.add_argument("--config", required=True, help="experiments/<x>.py[:preset]")
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--overwrite", action="store_true")
+  args, rest = parser.parse_known_args(argv)
+  unknown = [a for a in rest if not a.startswith("--config.")]
+  if unknown:
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+  with exit_on_user_error():
+    from cnn import config as config_lib  # pylint: disable=import-outside-toplevel
+    config = config_lib.load(args.config, [a for a in rest if a.startswith("--config.")])
+    result = fit(config, args.workdir, overwrite=args.overwrite)
+  if "eval_mean_iou" in result:
+    print(f"step {result['step']}: mean IoU {100 * result['eval_mean_iou']:.2f}%, pixel "
+          f"accuracy {100 * result['eval_pixel_accuracy']:.2f}%, mean accuracy "
+          f"{100 * result['eval_mean_accuracy']:.2f}%")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,291 @@
+"""Sweeps: one experiment file, a grid of runs, each in a workdir named after its settings.
+
+How an experiment file declares a sweep (the convention every experiments/*.py follows):
+
+    from cnn import sweep
+
+    def get_config(preset=""):            # the base config of every run
+      ...
+
+    def get_sweep(config):                # `config` is get_config(preset)
+      return sweep.product({"model.name": ["plain20", "resnet20"], "seed": [0, 1]})
+
+`get_sweep(config)` receives the preset's base config (so a preset can change the
+grid, e.g. fewer seeds) and returns a list whose entries are either a dict of
+overrides, ``{"dotted.config.key": value, ...}``, or a ``(name, dict)`` pair when the
+file wants to name the run itself. Unnamed runs are named from their values by
+`run_name` (``{"model.name": "plain56", "seed": 0}`` -> ``plain56_s0``). `product`
+builds the Cartesian grid of some axes, `zip_axes` pairs axes element by element.
+
+A run's config is ``config.load(spec, ["key=value", ...])``, i.e. exactly what
+``python -m scripts.train --config spec --config.key=value ...`` trains, so any run of
+a sweep can be reproduced or continued by hand. `plan` expands a sweep into `SweepRun`s
+with their workdirs under a root and their state there (see `run_status`); scripts/sweep.py
+runs them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import itertools
+import json
+import pathlib
+import re
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import ml_collections
+
+from cnn import config as config_lib
+from cnn.errors import ConfigError
+
+# What `run_status` reports for a workdir.
+DONE, PARTIAL, NEW = "done", "partial", "new"
+# Run names become directory names: keep them portable.
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+# Short prefixes for keys whose bare values would be ambiguous in a run name.
+_PREFIXES = {"seed": "s"}
+
+
+def product(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+  """The Cartesian grid of `axes` ({key: values}); the first key varies slowest."""
+  keys = list(axes)
+  for key in keys:
+    _check_axis(key, axes[key])
+  return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+
+
+def zip_axes(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+  """Runs taking the i-th value of every axis; all axes must have the same length."""
+  lengths = {len(_check_axis(k, v)) for k, v in axes.items()}
+  if len(lengths) > 1:
+    raise ConfigError(f"zip_axes needs axes of one length, got lengths {sorted(lengths)}; "
+                      "use product for a grid.")
+  n = lengths.pop() if lengths else 0
+  return [{k: v[i] for k, v in axes.items()} for i in range(n)]
+
+
+def _check_axis(key: str, values: Any) -> Sequence[Any]:
+  if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+    raise ConfigError(f"Sweep axis {key!r} must be a non-empty list of values, got "
+                      f"{values!r}.")
+  return values
+
+
+def format_value(value: Any) -> str:
+  """A value as it appears in a run name: 0.1 -> '0.1', True -> 'True', 'A' -> 'A'."""
+  if isinstance(value, float):
+    return f"{value:g}"
+  if isinstance(value, (list, tuple)):
+    return "-".join(format_value(v) for v in value)
+  return str(value)
+
+
+def run_name(overrides: Mapping[str, Any]) -> str:
+  """The default name of a run: its values joined by '_', in the sweep's key order.
+
+  ``model.name`` contributes its bare value (it already says what the run is), seeds
+  are ``s<seed>``, other keys ``<last key part><value>``: ``{"model.name": "plain56",
+  "optim.learning_rate": 0.05, "seed": 1}`` -> ``plain56_learning_rate0.05_s1``.
+  """
+  parts = []
+  for key, value in overrides.items():
+    leaf = key.rsplit(".", 1)[-1]
+    if key == "model.name":
+      parts.append(format_value(value))
+    else:
+      parts.append(f"{_PREFIXES.get(key, leaf)}{format_value(value)}")
+  return "_".join(parts) or "base"
+
+
+def override_args(overrides: Mapping[str, Any]) -> list[str]:
+  """``--config.key=value`` arguments that reproduce `overrides` on the command line
+  (values written as Python literals, which `config.apply_override` parses back)."""
+  return [f"--config.{key}={value!r}" for key, value in overrides.items()]
+
+
+@dataclasses.dataclass
+class SweepRun:
+  """One run of a sweep: its name, overrides, workdir and config."""
+  name: str
+  overrides: dict[str, Any]
+  workdir: pathlib.Path
+  config: ml_collections.ConfigDict
+
+  @property
+  def status(self) -> str:
+    return run_status(self.workdir)
+
+  def command(self, spec: str) -> str:
+    """The scripts.train command line that trains (or resumes) this run alone."""
+    args = " ".join(_shell_quote(a) for a in override_args(self.overrides))
+    return (f"python -m scripts.train --config {spec} --workdir {self.workdir}"
+            + (f" {args}" if args else ""))
+
+
+def _shell_quote(arg: str) -> str:
+  import shlex
+  return shlex.quote(arg)
+
+
+def run_status(workdir: pathlib.Path) -> str:
+  """'done' (final.json written), 'partial' (a config or checkpoint but no final.json:
+  an interrupted run that `train.fit` resumes) or 'new'."""
+  workdir = pathlib.Path(workdir)
+  if (workdir / "final.json").exists():
+    return DONE
+  if (workdir / "config.json").exists() or (workdir / "checkpoints").is_dir():
+    return PARTIAL
+  return NEW
+
+
+def latest_step(workdir: pathlib.Path) -> int:
+  """The last step logged in a workdir's metrics.jsonl (0 if none)."""
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return 0
+  step = 0
+  for line in path.read_text().splitlines():
+    try:
+      step = max(step, int(json.loads(line).get("step", 0)))
+    except (ValueError, AttributeError):
+      continue
+  return step
+
+
+def load_sweep(spec: str, overrides: Iterable[str] = ()) -> tuple[
+    ml_collections.ConfigDict, list[tuple[str, dict[str, Any]]]]:
+  """(base config, [(name, overrides), ...]) of ``experiments/x.py[:preset]``.
+
+  `overrides` (``key=value`` strings) change the base config of every run, after the
+  preset and before the sweep's own values.
+  """
+  overrides = list(overrides)
+  base = config_lib.load(spec, overrides)
+  module = config_lib.experiment_module(spec)
+  path = spec.partition(":")[0]
+  if not hasattr(module, "get_sweep"):
+    raise ConfigError(f"{path} has no get_sweep(config) function; a sweep file must "
+                      "define one returning a list of override dicts (see cnn/sweep.py).")
+  entries = module.get_sweep(config_lib.load(spec, overrides))
+  return base, _named_entries(path, entries)
+
+
+def _named_entries(path: str, entries: Any) -> list[tuple[str, dict[str, Any]]]:
+  if not isinstance(entries, (list, tuple)) or not entries:
+    raise ConfigError(f"get_sweep in {path} must return a non-empty list of override "
+                      f"dicts, got {type(entries).__name__}.")
+  named, seen = [], {}
+  for i, entry in enumerate(entries):
+    if (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
+        and isinstance(entry[1], Mapping)):
+      name, values = entry[0], dict(entry[1])
+    elif isinstance(entry, Mapping):
+      values = dict(entry)
+      name = run_name(values)
+    else:
+      raise ConfigError(f"Entry {i} of get_sweep in {path} is {entry!r}; each entry "
+                        "must be a dict of overrides or a (name, dict) pair.")
+    for key in values:
+      if not isinstance(key, str) or not key:
+        raise ConfigError(f"Entry {i} of get_sweep in {path} has the key {key!r}; keys "
+                          "are dotted config keys such as 'model.name'.")
+    if not _NAME_OK.match(name):
+      raise ConfigError(f"Run name {name!r} in {path} is not a portable directory name; "
+                        "use letters, digits and . _ + = - only.")
+    if name in seen:
+      raise ConfigError(f"get_sweep in {path} names two runs {name!r} (entries "
+                        f"{seen[name]} and {i}); make their names or values differ.")
+    seen[name] = i
+    named.append((name, values))
+  return named
+
+
+def plan(spec: str, root: str | pathlib.Path, *, overrides: Iterable[str] = (),
+         only: Optional[str] = None) -> list[SweepRun]:
+  """The runs of a sweep under `root`, each with its complete, validated config.
+
+  `only` keeps the runs whose name matches one of its comma-separated shell patterns
+  (``plain*,resnet56_*``). Every config is built and validated here, so a mistake in
+  any run stops the sweep before the first one trains.
+  """
+  overrides = list(overrides)
+  _, entries = load_sweep(spec, overrides)
+  if only:
+    patterns = [p.strip() for p in only.split(",") if p.strip()]
+    entries = [(n, v) for n, v in entries if any(fnmatch.fnmatchcase(n, p)
+                                                   for p in patterns)]
+    if not entries:
+      raise ConfigError(f"--only {only!r} matches no run of {spec}; run with --dry_run "
+                        "to list the names.")
+  root = pathlib.Path(root)
+  runs = []
+  for name, values in entries:
+    args = overrides + [a.removeprefix("--") for a in override_args(values)]
+    try:
+      config = config_lib.load(spec, args)
+      config_lib.validate(config)
+    except ConfigError as e:
+      raise ConfigError(f"Run {name} of {spec}: {e}") from None
+    runs.append(SweepRun(name, values, root / name, config))
+  return runs
+
+
+def write_plan(root: str | pathlib.Path, spec: str, runs: Sequence[SweepRun],
+               overrides: Sequence[str] = ()) -> pathlib.Path:
+  """Writes ``<root>/sweep.json`` (the spec, base overrides, every run's overrides and
+  command) and each run's ``overrides.json``; returns the sweep.json path."""
+  root = pathlib.Path(root)
+  root.mkdir(parents=True, exist_ok=True)
+  for run in runs:
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    (run.workdir / "overrides.json").write_text(json.dumps(
+        {"spec": spec, "base_overrides": list(overrides), "overrides": run.overrides},
+        indent=2, sort_keys=True) + "\n")
+  index = {"spec": spec, "base_overrides": list(overrides),
+           "runs": [{"name": r.name, "overrides": r.overrides,
+                     "command": r.command(spec)} for r in runs]}
+  path = root / "sweep.json"
+  # Several --only invocations share a root: merge with the runs already listed.
+  if path.exists():
+    try:
+      old = json.loads(path.read_text())
+      listed = {r["name"] for r in index["runs"]}
+      if old.get("spec") == spec:
+        index["runs"] = [r for r in old.get("runs", []) if r["name"] not in listed] + \
+            index["runs"]
+    except (ValueError, KeyError, TypeError):
+      pass
+  path.write_text(json.dumps(index, indent=2) + "\n")
+  return path
+
+
+def seed_groups(runs: Sequence[SweepRun]) -> list[list[SweepRun]]:
+  """Runs grouped by everything but their seed (the units `cnn.multi` trains together),
+  in sweep order."""
+  groups: dict[str, list[SweepRun]] = {}
+  for run in runs:
+    rest = run.config.to_dict()
+    rest.pop("seed", None)
+    groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(run)
+  return list(groups.values())
+
+
+def format_plan(runs: Sequence[SweepRun]) -> str:
+  """The dry-run table: name, status (with the last logged step of partial runs),
+  steps, and overrides."""
+  rows = []
+  for run in runs:
+    status = run.status
+    if status == PARTIAL:
+      status = f"partial@{latest_step(run.workdir)}"
+    values = " ".join(f"{k}={format_value(v)}" for k, v in run.overrides.items())
+    rows.append((run.name, status, str(run.config.train.steps), values))
+  header = ("run", "status", "steps", "overrides")
+  widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
+  lines = ["  ".join(h.ljust(w) for h, w in zip(header[:3], widths)) + "  " + header[3]]
+  for row in rows:
+    lines.append("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+  counts = {s: sum(r.status == s for r in runs) for s in (DONE, PARTIAL, NEW)}
+  lines.append(f"{len(runs)} runs: {counts[DONE]} done, {counts[PARTIAL]} partial, "
+               f"{counts[NEW]} new")
+  return "\n".join(lines)

@@ -1,0 +1,38 @@
+"""U-Net on the Oxford-IIIT Pets trimaps (pet, background, border), from TFDS.
+
+    python -m cnn.segmentation --config experiments/segmentation_pets.py --workdir runs/pets
+
+Needs the dataset prepared once in array_record format (a network and TensorFlow):
+``tfds build oxford_iiit_pet --file_format=array_record``; then point data.data_dir
+(or $TFDS_DATA_DIR) at it. Images and trimaps are resized to 128x128 (bilinear /
+nearest) and the trimap values 1, 2, 3 become classes 0, 1, 2 (cnn.data). The
+U-Net has batch norm and width 32; random horizontal flips move image and mask
+together. Preset ``fcn8s``: FCN-8s with a full-width VGG-16 backbone.
+"""
+from cnn import segmentation
+
+
+def get_config(preset: str = ""):
+  c = segmentation.defaults()
+  c.data.source = "tfds:oxford_iiit_pet"
+  c.data.image_size = (128, 128)
+  c.data.augment = "flip"
+  c.model.name = "unet"
+  c.model.width = 32
+  c.model.depth = 4
+  c.model.batch_norm = True
+  c.optim.name = "adam"
+  c.optim.learning_rate = 1e-3
+  c.schedule.name = "cosine"
+  c.train.batch_size = 32
+  c.train.steps = 4000               # ~35 epochs of the 3,680 training images
+  c.train.log_every = 100
+  c.train.eval_every = 1000
+  c.train.eval_batch_size = 64
+  if preset == "fcn8s":
+    c.model = type(c.model)({"name": "fcn8s", "width": 64})
+    c.optim.learning_rate = 1e-4
+  elif preset:
+    from cnn.errors import unknown_choice
+    raise unknown_choice("preset of segmentation_pets", preset, ["fcn8s"])
+  return c
