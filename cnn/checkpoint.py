@@ -18,10 +18,12 @@ config's model and optimizer is a `ConfigError`, not corruption.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import pathlib
 import shutil
 import sys
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -34,17 +36,32 @@ UNREADABLE = "checkpoints_unreadable"
 _FINGERPRINT_KEY = "state_fingerprint"
 
 
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+  """Silences orbax's absl log lines (read-only notices, errors about damaged files)
+  where this module reports the outcome itself in one line."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 def _manager(path: pathlib.Path, keep: int, *, best_metric: Optional[str] = None,
              best_mode: str = "min", read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=not read_only, read_only=read_only,
+      max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only,
+      save_interval_steps=0 if read_only else 1,
       best_fn=(lambda m: m[best_metric]) if best_metric else None,
       best_mode=best_mode, keep_checkpoints_without_metrics=False if best_metric else True,
       cleanup_tmp_directories=not read_only)
   # One item with a fixed handler: otherwise orbax guesses the layout from the first
   # step directory it reads, and an empty or damaged one makes it refuse all others.
-  return ocp.CheckpointManager(path.resolve(), options=options,
-                               item_handlers=ocp.StandardCheckpointHandler())
+  with _quiet_orbax():
+    return ocp.CheckpointManager(path.resolve(), options=options,
+                                 item_handlers=ocp.StandardCheckpointHandler())
 
 
 class Checkpointer:
@@ -58,12 +75,30 @@ class Checkpointer:
     self.read_only = read_only
     self.best_metric = best_metric
     self.latest = self._latest_manager()
-    self.best = (_manager(self.workdir / "best", 1, best_metric=best_metric,
-                          best_mode=best_mode, read_only=read_only)
-                 if best_metric else None)
+    self.best = self._best_manager(best_metric, best_mode) if best_metric else None
 
   def _latest_manager(self) -> ocp.CheckpointManager:
     return _manager(self.workdir / "checkpoints", self.keep, read_only=self.read_only)
+
+  def _best_manager(self, metric: str, mode: str) -> Optional[ocp.CheckpointManager]:
+    """The best-checkpoint manager. Orbax reads every step's metrics when it starts,
+    so one damaged metrics file would stop the run from ever resuming: the best/
+    folder is then set aside (or, read-only, ignored) and tracking starts afresh."""
+    directory = self.workdir / "best"
+    make = lambda: _manager(directory, 1, best_metric=metric, best_mode=mode,
+                            read_only=self.read_only)
+    try:
+      return make()
+    except Exception as e:  # noqa: BLE001 -- damaged metadata: do not block the run
+      if self.read_only:
+        return None
+      target = _free_path(self.workdir / UNREADABLE / "best")
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(directory), str(target))
+      print(f"warning: the best checkpoints in {directory} are unreadable "
+            f"({_first_line(e)}); moved to {target}, tracking the best afresh.",
+            file=sys.stderr)
+      return make()
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
     """Starts writing `state` as `step` (in the background); False if it exists."""
@@ -93,8 +128,9 @@ class Checkpointer:
     """
     for step in reversed(self.steps()):
       try:
-        state = self.latest.restore(step, args=ocp.args.StandardRestore(abstract_state))
-        problem = _fingerprint_problem(self.latest, step, state)
+        with _quiet_orbax():
+          state = self.latest.restore(step, args=ocp.args.StandardRestore(abstract_state))
+          problem = _fingerprint_problem(self.latest, step, state)
       except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint: fall back
         difference = _structure_difference(self.latest, step, abstract_state)
         if difference:
@@ -113,11 +149,7 @@ class Checkpointer:
     source = pathlib.Path(self.latest.directory) / str(step)
     where = "left in place (read-only)"
     if not self.read_only:
-      target = self.workdir / UNREADABLE / str(step)
-      n = 1
-      while target.exists():
-        n += 1
-        target = self.workdir / UNREADABLE / f"{step}.{n}"
+      target = _free_path(self.workdir / UNREADABLE / str(step))
       target.parent.mkdir(parents=True, exist_ok=True)
       shutil.move(str(source), str(target))
       where = f"moved to {target}"
@@ -189,13 +221,21 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   """'params/conv1/kernel' -> shape for every array of a state or of orbax metadata
   (whose containers are dicts where the state has dataclasses and namedtuples)."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
-          for path, leaf in flat}
+  return {"/".join(_key_name(k) for k in path): _stored_shape(leaf) for path, leaf in flat}
+
+
+def _stored_shape(leaf: Any) -> tuple[int, ...]:
+  """The shape as stored: a typed PRNG key is saved as its uint32 key data."""
+  dtype = getattr(leaf, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return tuple(jax.eval_shape(jax.random.key_data, leaf).shape)
+  return tuple(getattr(leaf, "shape", ()))
 
 
 def _saved_shapes(manager: ocp.CheckpointManager, step: int):
   try:
-    tree = manager.item_metadata(step)
+    with _quiet_orbax():
+      tree = manager.item_metadata(step)
   except Exception:  # noqa: BLE001 -- unreadable metadata: nothing to compare
     return None
   return _shapes(tree) if tree is not None else None
@@ -263,6 +303,15 @@ def _fingerprint_problem(manager: ocp.CheckpointManager, step: int,
   names = list(_shapes(state))
   bad = [n for n, a, b in zip(names, saved, now) if a != b] or ["the array count"]
   return f"the values of {', '.join(bad[:3])} differ from those saved"
+
+
+def _free_path(path: pathlib.Path) -> pathlib.Path:
+  """`path`, or `path`.2, .3, ... if taken (a step may be set aside more than once)."""
+  candidate, n = path, 1
+  while candidate.exists():
+    n += 1
+    candidate = path.with_name(f"{path.name}.{n}")
+  return candidate
 
 
 def _first_line(error: Exception) -> str:

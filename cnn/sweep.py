@@ -7,11 +7,12 @@ How an experiment file declares a sweep (the convention every experiments/*.py f
     def get_config(preset=""):            # the base config of every run
       ...
 
-    def get_sweep(config):                # `config` is get_config(preset)
+    def get_sweep(config, preset=""):     # `config` is get_config(preset)
       return sweep.product({"model.name": ["plain20", "resnet20"], "seed": [0, 1]})
 
-`get_sweep(config)` receives the preset's base config (so a preset can change the
-grid, e.g. fewer seeds) and returns a list whose entries are either a dict of
+`get_sweep` receives the preset's base config and, if it takes a second argument, the
+preset's name (so a preset can change the grid, e.g. fewer seeds or depths), and
+returns a list whose entries are either a dict of
 overrides, ``{"dotted.config.key": value, ...}``, or a ``(name, dict)`` pair when the
 file wants to name the run itself. Unnamed runs are named from their values by
 `run_name` (``{"model.name": "plain56", "seed": 0}`` -> ``plain56_s0``). `product`
@@ -27,10 +28,12 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import inspect
 import itertools
 import json
 import pathlib
 import re
+import time
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import ml_collections
@@ -166,7 +169,14 @@ def load_sweep(spec: str, overrides: Iterable[str] = ()) -> tuple[
   if not hasattr(module, "get_sweep"):
     raise ConfigError(f"{path} has no get_sweep(config) function; a sweep file must "
                       "define one returning a list of override dicts (see cnn/sweep.py).")
-  entries = module.get_sweep(config_lib.load(spec, overrides))
+  preset = spec.partition(":")[2]
+  get_sweep = module.get_sweep
+  fresh = config_lib.load(spec, overrides)    # get_sweep may modify its argument
+  try:
+    takes_preset = len(inspect.signature(get_sweep).parameters) >= 2
+  except (TypeError, ValueError):
+    takes_preset = False
+  entries = get_sweep(fresh, preset) if takes_preset else get_sweep(fresh)
   return base, _named_entries(path, entries)
 
 
@@ -289,3 +299,101 @@ def format_plan(runs: Sequence[SweepRun]) -> str:
   lines.append(f"{len(runs)} runs: {counts[DONE]} done, {counts[PARTIAL]} partial, "
                f"{counts[NEW]} new")
   return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------
+# Running: the unit of work is a list of runs (one run, or a seed group to vmap)
+# ----------------------------------------------------------------------------------
+
+def units(runs: Sequence[SweepRun], *, vmap_seeds: bool = False) -> list[list[SweepRun]]:
+  """The runs still to train (not done), one per unit, or grouped by everything but
+  the seed with `vmap_seeds` (see `cnn.multi`)."""
+  todo = [r for r in runs if r.status != DONE]
+  if not vmap_seeds:
+    return [[r] for r in todo]
+  return seed_groups(todo)
+
+
+def write_test_eval(workdir: str | pathlib.Path) -> Optional[dict[str, Any]]:
+  """For a finished run that evaluated on a held-out part of train
+  (``data.validation_size`` > 0): its final checkpoint's error on the test split,
+  written to ``test.json`` once. Returns it (None for runs that evaluated on test)."""
+  workdir = pathlib.Path(workdir)
+  path = workdir / "test.json"
+  if path.exists():
+    return json.loads(path.read_text())
+  saved = json.loads((workdir / "config.json").read_text())
+  if not saved.get("data", {}).get("validation_size"):
+    return None
+  import jax
+  from cnn import evaluation, train
+  run, state, step = evaluation.restore_state(workdir)
+  ds = run.dataset
+  bs = run.config.train.get("eval_batch_size") or run.config.train.batch_size
+  result = train.evaluate(jax.jit(train.make_eval_step(run.model)), state, ds.test,
+                          batch_size=bs, mean=ds.mean, std=ds.std, mesh=run.mesh,
+                          out_size=run.out_size)
+  result = {"step": int(step), "split": "test", **result}
+  train.write_atomic(path, json.dumps(result, indent=2) + "\n")
+  return result
+
+
+def train_unit(spec: str, base_overrides: Sequence[str],
+               items: Sequence[tuple[str, Mapping[str, Any], str]], *,
+               vmap_seeds: bool = False) -> list[dict[str, Any]]:
+  """Trains (or resumes) the runs `items` = [(name, overrides, workdir), ...] of
+  `spec`, together with `cnn.multi` when `vmap_seeds` and there are several, else one
+  after another with `cnn.train.fit`; finished runs are skipped. Returns one result
+  per run: ``{"name", "status", ...last metrics}``. A run whose loss goes non-finite
+  is reported (status "halted") and the others go on; a pre-emption stops the unit.
+  """
+  from cnn import multi, train
+  configs, workdirs, names, results = [], [], [], {}
+  for name, overrides, workdir in items:
+    if run_status(workdir) == DONE:
+      results[name] = {"name": name, "status": "skipped (done)"}
+      continue
+    args = list(base_overrides) + [a.removeprefix("--") for a in override_args(overrides)]
+    configs.append(config_lib.load(spec, args))
+    workdirs.append(pathlib.Path(workdir))
+    names.append(name)
+  together = vmap_seeds and len(configs) > 1
+  if together:
+    try:
+      for name, out in zip(names, multi.fit_multi(configs, workdirs)):
+        results[name] = {"name": name, **out}
+    except multi.UnalignedResume as e:
+      print(f"warning: {e}", flush=True)
+      together = False
+  if not together:
+    for name, config, workdir in zip(names, configs, workdirs):
+      print(f"=== {name}: training in {workdir}", flush=True)
+      start = time.time()
+      try:
+        out = train.fit(config, workdir)
+      except train.NonFiniteError as e:
+        out = {"status": "halted", "error": str(e)}
+        print(f"error: {name}: {e}", flush=True)
+      out["wall_s"] = time.time() - start
+      results[name] = {"name": name, **out}
+      if out.get("status") == "preempted":
+        break
+  for name, workdir in zip(names, workdirs):
+    if results.get(name, {}).get("status") == "done":
+      test = write_test_eval(workdir)
+      if test is not None:
+        results[name]["test_top1_error"] = test["top1_error"]
+  return [results[name] for name, _, _ in items if name in results]
+
+
+class SweepJob:
+  """A submitit job: `train_unit` on a cluster node. Requeued on timeout or
+  pre-emption with the same arguments (submitit calls `checkpoint`); the runs then
+  resume from their latest checkpoints (``train.checkpoint_every``)."""
+
+  def __call__(self, spec, base_overrides, items, vmap_seeds=False):
+    return train_unit(spec, base_overrides, items, vmap_seeds=vmap_seeds)
+
+  def checkpoint(self, *args, **kwargs):
+    import submitit
+    return submitit.helpers.DelayedSubmission(self, *args, **kwargs)

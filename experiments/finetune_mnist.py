@@ -7,7 +7,8 @@ scratch on the same few examples. `python -m scripts.finetune` runs all of it an
 prints the table; its data are npz shards it writes under ``<root>/data``:
 
     pretrain-train.npz / pretrain-test.npz   digits 0-4 (labels 0..4)
-    few<N>-train.npz                         N training images of each digit 5-9
+    few<N>-seed<S>-train.npz                 N training images of each digit 5-9,
+                                             drawn with seed S
     new-test.npz                             every test image of the digits 5-9
 
 (labels 5..9 stored as 0..4, so both tasks have 5 classes). Presets:
@@ -29,8 +30,8 @@ ROOT = "runs/transfer_mnist"
 PRESETS = ("pretrain", "head", "all", "scratch")
 
 
-def few_shot_source(root: str, shots: int) -> str:
-  return f"npz:{root}/data/few{shots}-train.npz|{root}/data/new-test.npz"
+def few_shot_source(root: str, shots: int, seed: int = 0) -> str:
+  return f"npz:{root}/data/few{shots}-seed{seed}-train.npz|{root}/data/new-test.npz"
 
 
 def pretrain_source(root: str) -> str:
@@ -67,7 +68,7 @@ def get_config(preset: str = "head"):
     c.transfer.reinit = "auto"           # fc5: a new 5-way classifier
     c.transfer.freeze = "backbone"       # conv1..fc4 stay as trained on 0-4
   elif preset == "all":
-    c.transfer.init_from = f"{ROOT}/head-10"
+    c.transfer.init_from = f"{ROOT}/head-10-seed0"
     c.transfer.reinit = ""               # every layer comes from the head run
     c.optim.learning_rate = 0.005        # "use a smaller learning rate when fine tuning"
   else:  # scratch: as many steps as head + all together

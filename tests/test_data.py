@@ -253,6 +253,23 @@ def test_cifar_augmentation_is_he_et_al_crop_and_flip():
   assert len(offsets) == 81           # each of the 9 x 9 offsets: P(miss) ~ 81 e^-12.3
 
 
+def test_shift_augmentation_translates_by_at_most_two_and_never_flips():
+  images, labels = coordinate_images(500)
+  fn = jax.jit(data.make_train_batch_fn(500, 500, augment="shift", mean=0.0, std=1.0,
+                                        seed=0))
+  out, out_labels = fn(images, labels, 0)
+  out = np.rint(np.asarray(out) * 255).astype(np.int64)
+  offsets = set()
+  for image, label in zip(out, np.asarray(out_labels)):
+    row, col = image[16, 16, :2]
+    dy, dx = row - 17, col - 17           # unflipped coordinate codes (see above)
+    assert max(abs(dy), abs(dx)) <= 2
+    np.testing.assert_array_equal(image, shifted(images[label].astype(np.int64), dy, dx,
+                                                 False))
+    offsets.add((int(dy), int(dx)))
+  assert len(offsets) == 25           # all 5 x 5 offsets: P(miss) ~ 25 (24/25)^500
+
+
 def test_flip_and_imagenet_augmentations_keep_shape_and_content():
   images, labels = coordinate_images(64, size=16)
   flip = jax.jit(data.make_train_batch_fn(64, 64, augment="flip", mean=0.0, std=1.0, seed=1))

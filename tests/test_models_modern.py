@@ -14,6 +14,7 @@ import pytest
 from flax import traverse_util
 
 from cnn import conv as conv_lib
+from cnn import layers
 from cnn.errors import ConfigError
 from cnn.models import create, info, names, output_shape
 from cnn.models import googlenet as googlenet_lib
@@ -96,12 +97,20 @@ def random_variables(model, x, seed=0):
   return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
+def compile_quickly(fn, *args, **kwargs):
+  """`fn` compiled for these arguments without LLVM's optimisations, which would
+  double the compile time of the one-off runs of these tests."""
+  return jax.jit(fn).lower(*args, **kwargs).compile(
+      compiler_options={"xla_backend_optimization_level": 0})
+
+
 def run(model, x, train=False):
   """(variables, output, state) of one compiled forward pass on random variables.
   Dropout draws from an unsafe_rbg key: threefry's compile time again."""
   variables = random_variables(model, x)
-  apply = jax.jit(functools.partial(model.apply, train=train, mutable=["batch_stats"]))
-  out, state = apply(variables, x, rngs={"dropout": jax.random.key(1, impl="unsafe_rbg")})
+  rngs = {"dropout": jax.random.key(1, impl="unsafe_rbg")}
+  apply = functools.partial(model.apply, train=train, mutable=["batch_stats"])
+  out, state = compile_quickly(apply, variables, x, rngs=rngs)(variables, x, rngs=rngs)
   return variables, out, state
 
 
@@ -187,18 +196,21 @@ def test_googlenet_aux_classifiers_in_training_mode_only(conv_calls):
 def test_googlenet_tiny_forward_with_aux():
   # 80x80 is the smallest square input whose 4a map (80/16 = 5) fits the aux 5x5 pool.
   model = create("googlenet", num_classes=10, aux_logits=True, width=1 / 16)
-  variables, (logits, aux1, aux2), _ = run(model, images((2, 80, 80, 3)), train=True)
+  _, (logits, aux1, aux2), _ = run(model, images((2, 80, 80, 3)), train=True)
   for out in (logits, aux1, aux2):
     assert out.shape == (2, 10) and out.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(out)))
   assert not jnp.allclose(aux1, aux2)
-  assert output_shape(model, (2, 80, 80, 3)).shape == (2, 10)   # evaluation: logits
 
 
 def test_googlenet_aux_needs_a_large_enough_input():
   # 64x64: 4a is 4x4, smaller than the aux classifier's 5x5 pool.
-  with pytest.raises(ConfigError, match="aux1/pool.*smaller than"):
+  with pytest.raises(ConfigError, match="aux1: .* at least 5x5, got 4x4"):
     output_shape(create("googlenet", aux_logits=True), (1, 64, 64, 3))
+  # Where 5x5/3 does not tile the map the pool rounds down: 96x96 gives 6x6 -> 1x1.
+  train_out = output_shape(create("googlenet", aux_logits=True), (1, 96, 96, 3),
+                           train=True)
+  assert [o.shape for o in train_out] == [(1, 1000)] * 3
   # Without the aux heads the network runs down to tiny inputs.
   assert output_shape(create("googlenet"), (1, 64, 64, 3)).shape == (1, 1000)
 
@@ -256,12 +268,11 @@ def test_factorised_branches_keep_the_receptive_field():
     x = jnp.ones((1, size, size, channels))
     variables = jax.tree.map(jnp.abs, random_variables(block, x))
 
-    @jax.jit
-    def grad_of_centre(x):
-      centre = lambda x: block.apply(variables, x)[0, size // 2, size // 2, first:last].sum()
-      return jax.grad(centre)(x)
+    def centre(x):
+      return block.apply(variables, x)[0, size // 2, size // 2, first:last].sum()
 
-    rows, cols = np.nonzero(np.asarray(grad_of_centre(x))[0, :, :, 0])
+    grad = compile_quickly(jax.grad(centre), x)(x)
+    rows, cols = np.nonzero(np.asarray(grad)[0, :, :, 0])
     return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
 
   c = 2   # channel order: 1x1, 3x3 branch, 5x5 branch, pool branch
@@ -270,14 +281,17 @@ def test_factorised_branches_keep_the_receptive_field():
   assert window(googlenet_lib.FactorizedInceptionBlock, 2 * c, 3 * c) == (5, 5)
 
 
-def test_inception_v2_cifar_trains_batch_norm():
+def test_inception_v2_cifar_tiny_forward():
   model = create("inception_v2_cifar", width=0.25)
-  variables, logits, state = run(model, images((2, 32, 32, 3)), train=True)
+  variables, logits, _ = run(model, images((2, 32, 32, 3)))
   assert logits.shape == (2, 10) and logits.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(logits)))
-  before = variables["batch_stats"]["inception_b1"]["3x3_1xn"]["bn"]["bn"]["mean"]
-  after = state["batch_stats"]["inception_b1"]["3x3_1xn"]["bn"]["bn"]["mean"]
-  assert not jnp.allclose(before, after)
+  # Batch norm after every convolution, the asymmetric kernels as 1x3 and 3x1.
+  block = variables["params"]["inception_b1"]
+  assert block["3x3_1xn"]["conv"]["kernel"].shape[:2] == (1, 3)
+  assert block["3x3_nx1"]["conv"]["kernel"].shape[:2] == (3, 1)
+  assert "bias" not in block["3x3_nx1"]["conv"]
+  assert "bn" in variables["batch_stats"]["inception_b1"]["5x5_b_nx1"]
 
 
 # ----------------------------------------------------------------------------------
@@ -320,10 +334,11 @@ def test_mobilenet_tiny_forward():
   model = create("mobilenet_v1_025", num_classes=10)
   _, logits, state = run(model, images((2, 32, 32, 3)), train=True)
   assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
+  # Training updates the BN running statistics (zero means before).
+  assert not jnp.allclose(state["batch_stats"]["block13"]["pointwise_bn"]["bn"]["mean"], 0)
   # The depthwise kernel holds one 3x3 filter per channel (8 at alpha = 0.25).
   params, _ = trace(model, (1, 32, 32, 3))
   assert params["block1"]["depthwise"]["kernel"].shape == (3, 3, 1, 8)
-  assert "block13" in state["batch_stats"]
 
 
 # ----------------------------------------------------------------------------------
@@ -374,6 +389,11 @@ def test_fcn_vgg16_parameter_count_matches_table1(conv_calls):
   # upsamplings 4*4*21*21 = 7,056 each.
   assert param_count(params) == fcn32s + 10_773 + 5_397 + 2 * 7_056
   assert len(conv_calls) == conv_kernels(params) == 13 + 2 + 3
+  # A learned final upsampling adds its 64x64 kernel, 64*64*21*21 = 1,806,336.
+  learned, _ = trace(create("fcn32s", learn_final_upsample=True), (1, 64, 64, 3))
+  assert param_count(learned) == fcn32s + 1_806_336
+  with pytest.raises(ConfigError, match="FCN stride"):
+    output_shape(create("fcn8s", stride=4), (1, 64, 64, 3))
 
 
 @pytest.mark.parametrize("name", ["fcn32s", "fcn16s", "fcn8s"])
@@ -399,6 +419,16 @@ def test_fcn_upsampling_is_initialised_bilinear():
     for o in range(3):
       expected = np.outer(tent, tent) if i == o else np.zeros((4, 4))
       np.testing.assert_allclose(kernel[:, :, i, o], expected)
+
+
+def test_fixed_upsampling_equals_the_bilinear_initialised_transposed_conv():
+  # The fixed final upsampling runs as two 1-D passes; at init the learned one is a
+  # full 2-D transposed convolution with the bilinear kernel: the same map.
+  x = images((2, 5, 4, 3))
+  learned = layers.ConvTranspose(3, 16, 8, "VALID", use_bias=False)
+  kernel = segmentation.bilinear_init(KEY, (16, 16, 3, 3))
+  expected = learned.apply({"params": {"deconv": {"kernel": kernel}}}, x)
+  np.testing.assert_allclose(segmentation.bilinear_upsample(x, 8), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("factor", [2, 8, 32])

@@ -18,6 +18,9 @@ A new augmentation is one function added to a registry. The names:
   random crop of `out_size` (32x32) and flip it horizontally half of the time. The
   padding is zero in the normalised (mean-subtracted) input the paper pads, i.e. the
   mean colour.
+* ``shift``: pad 2 pixels and take a random crop, no flip: translations of up to two
+  pixels, the kind of distortion LeCun et al. (1998) trained LeNet-5 with (digits are
+  not mirror-symmetric).
 * ``imagenet``: Szegedy et al. (2015)'s random-resized crop as torchvision implements
   it: a box covering 8%..100% of the area with aspect ratio in [3/4, 4/3] (10 tries,
   else the centre crop of the clamped ratio), resized to `out_size`, flipped half of
@@ -38,6 +41,7 @@ from cnn.errors import ConfigError, unknown_choice
 Array = jax.Array
 
 PAD = 4                               # He et al.: "4 pixels are padded on each side"
+SHIFT = 2                             # "shift": translations of up to 2 pixels
 CROP_SCALE = (0.08, 1.0)              # Inception's area range
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)   # and aspect-ratio range
 CROP_ATTEMPTS = 10
@@ -98,27 +102,38 @@ def augment_flip(key, images, masks, out_size):
   return random_flip(random_words(key, 1, images.shape[0])[0], images, masks)
 
 
-def augment_cifar(key, images, masks, out_size):
-  """Zero-pad by PAD, crop `out_size` at a random offset, flip half of the time."""
+def pad_crop(key, images, masks, out_size, *, pad: int, flip: bool):
+  """Zero-pad by `pad`, crop `out_size` at a random offset, optionally flip half the time."""
   b, height, width = images.shape[:3]
   h, w = out_size
-  if h > height + 2 * PAD or w > width + 2 * PAD:
+  if h > height + 2 * pad or w > width + 2 * pad:
     raise ConfigError(f"A {h}x{w} crop does not fit {height}x{width} images padded by "
-                      f"{PAD}; use a smaller data.image_size.")
+                      f"{pad}; use a smaller data.image_size.")
   words = random_words(key, 3, b)
-  top = below(words[0], height + 2 * PAD - h + 1)
-  left = below(words[1], width + 2 * PAD - w + 1)
-  pad = ((0, 0), (PAD, PAD), (PAD, PAD))
+  top = below(words[0], height + 2 * pad - h + 1)
+  left = below(words[1], width + 2 * pad - w + 1)
+  widths = ((0, 0), (pad, pad), (pad, pad))
 
   def crop(batch, fill):
-    padded = jnp.pad(batch, pad + ((0, 0),) * (batch.ndim - 3), constant_values=fill)
+    padded = jnp.pad(batch, widths + ((0, 0),) * (batch.ndim - 3), constant_values=fill)
     size = (h, w) + batch.shape[3:]
     return jax.vmap(lambda x, t, l: lax.dynamic_slice(
         x, (t, l) + (0,) * (x.ndim - 2), size))(padded, top, left)
 
   images = crop(images, 0.0)
   masks = None if masks is None else crop(masks, MASK_FILL)
-  return random_flip(words[2], images, masks)
+  return random_flip(words[2], images, masks) if flip else (images, masks)
+
+
+def augment_cifar(key, images, masks, out_size):
+  """He et al.: zero-pad by 4, random crop, horizontal flip half of the time."""
+  return pad_crop(key, images, masks, out_size, pad=PAD, flip=True)
+
+
+def augment_shift(key, images, masks, out_size):
+  """Random translations by up to SHIFT pixels, no flip (digits are not symmetric):
+  the small distortions LeCun et al. (1998) trained on."""
+  return pad_crop(key, images, masks, out_size, pad=SHIFT, flip=False)
 
 
 def augment_imagenet(key, images, masks, out_size):
@@ -199,6 +214,7 @@ AUGMENTATIONS: dict[str, AugmentFn] = {
     "none": augment_none,
     "flip": augment_flip,
     "cifar": augment_cifar,
+    "shift": augment_shift,
     "imagenet": augment_imagenet,
 }
 
@@ -253,15 +269,23 @@ def host_flip(image, rng, out_size, fill):
   return _host_flip(host_center_fit(image, out_size), rng)
 
 
-def host_cifar(image, rng, out_size, fill):
-  """Pad with `fill` (the mean colour, i.e. zero after normalisation), crop, flip."""
+def _host_pad_crop(image, rng, out_size, fill, pad: int) -> np.ndarray:
+  """Pad with `fill` (the mean colour, i.e. zero after normalisation), random crop."""
   image = host_center_fit(image, out_size)
-  padded = np.empty((out_size[0] + 2 * PAD, out_size[1] + 2 * PAD, image.shape[-1]),
+  padded = np.empty((out_size[0] + 2 * pad, out_size[1] + 2 * pad, image.shape[-1]),
                     image.dtype)
   padded[...] = fill
-  padded[PAD:-PAD, PAD:-PAD] = image
-  top, left = rng.integers(0, 2 * PAD + 1, size=2)
-  return _host_flip(padded[top:top + out_size[0], left:left + out_size[1]], rng)
+  padded[pad:-pad, pad:-pad] = image
+  top, left = rng.integers(0, 2 * pad + 1, size=2)
+  return padded[top:top + out_size[0], left:left + out_size[1]]
+
+
+def host_cifar(image, rng, out_size, fill):
+  return _host_flip(_host_pad_crop(image, rng, out_size, fill, PAD), rng)
+
+
+def host_shift(image, rng, out_size, fill):
+  return _host_pad_crop(image, rng, out_size, fill, SHIFT)
 
 
 def host_imagenet(image, rng, out_size, fill):
@@ -288,6 +312,7 @@ HOST_AUGMENTATIONS: dict[str, Callable[..., np.ndarray]] = {
     "none": host_none,
     "flip": host_flip,
     "cifar": host_cifar,
+    "shift": host_shift,
     "imagenet": host_imagenet,
 }
 

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn import layers
+from cnn.errors import ConfigError
 from cnn.models import register
 
 Array = jax.Array
@@ -175,7 +176,8 @@ class FactorizedInceptionBlock(_InceptionBase):
 
 class AuxClassifier(nn.Module):
   """GoogLeNet's auxiliary classifier (section 5): 5x5/3 average pool (4x4 from 14x14),
-  1x1 conv 128 + ReLU, FC 1024 + ReLU, dropout 0.7, FC to the classes."""
+  1x1 conv 128 + ReLU, FC 1024 + ReLU, dropout 0.7, FC to the classes. The FC's input
+  size follows the pooled map (4 * 4 * 128 = 2048 at 224x224)."""
   num_classes: int
   width: float = 1.0
   conv_impl: str = "xla"
@@ -183,7 +185,14 @@ class AuxClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    x = layers.AvgPool(5, 3, "VALID", name="pool")(x)
+    name = "/".join(self.scope.path)
+    if min(x.shape[1:3]) < 5:
+      raise ConfigError(
+          f"{name}: the auxiliary classifier's 5x5 average pool needs a map of at least "
+          f"5x5, got {x.shape[1]}x{x.shape[2]}; use inputs of at least 80x80 or "
+          "aux_logits=False.")
+    # Rounded down where 5x5/3 does not tile the map (exact at 14x14, the paper's).
+    x = layers.avg_pool(x, 5, 3, "VALID", layer=f"{name}/pool", strict=False)
     conv = layers.conv_factory(self.conv_impl, self.dtype)
     x = nn.relu(conv(scaled(128, self.width), 1, name="conv")(x))
     x = nn.relu(layers.Dense(scaled(1024, self.width), dtype=self.dtype,

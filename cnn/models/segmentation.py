@@ -95,17 +95,27 @@ def bilinear_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> 
 
 def bilinear_upsample(x: Array, factor: int) -> Array:
   """A fixed transposed convolution with FCN's bilinear 2f x 2f kernel and stride f,
-  per channel: (N - 1) f + 2f rows out (crop from row f / 2 to align)."""
+  per channel: (N - 1) f + 2f rows out (crop from row f / 2 to align).
+
+  The kernel is an outer product, so it runs as two 1-D passes (2f taps each instead
+  of 4 f^2: 128 instead of 4,096 for FCN-32s).
+  """
   size = 2 * factor
   channels = x.shape[-1]
-  kernel = np.outer(bilinear_kernel_1d(size), bilinear_kernel_1d(size))
-  kernel = jnp.asarray(np.tile(kernel[:, :, None, None], (1, 1, 1, channels)), x.dtype)
-  # A transposed convolution is a convolution over the input dilated by the stride
-  # and padded by size - 1 (the kernel is symmetric, so it need not be flipped).
-  return lax.conv_general_dilated(
-      x, kernel, window_strides=(1, 1), padding=[(size - 1, size - 1)] * 2,
-      lhs_dilation=(factor, factor), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      feature_group_count=channels)
+  taps = jnp.asarray(bilinear_kernel_1d(size), x.dtype)
+  for axis in range(2):
+    shape = [1, 1, 1, channels]
+    shape[axis] = size
+    kernel = jnp.broadcast_to(taps.reshape([size if a == axis else 1 for a in range(4)]),
+                              shape)
+    dilation, padding = [1, 1], [(0, 0), (0, 0)]
+    dilation[axis], padding[axis] = factor, (size - 1, size - 1)
+    # A transposed convolution is a convolution over the input dilated by the
+    # stride and padded by size - 1 (the kernel is symmetric: no flip needed).
+    x = lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding=padding, lhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels)
+  return x
 
 
 def crop(x: Array, size: tuple[int, int], offset: tuple[int, int], *,

@@ -23,8 +23,10 @@ a stride 2), not only odd sizes. ``width`` multiplies every filter count (1.0 is
 paper's network) and ``middle_blocks`` sets the length of the middle flow (8).
 
 Parameter names: ``conv1``/``conv1_bn``, ``conv2``/``conv2_bn``, ``entry1`` ..
-``entry3``, ``middle1`` .. ``middle8``, ``exit1`` (the block with a shortcut),
-``exit_sepconv1``/``_bn``, ``exit_sepconv2``/``_bn``, ``fc``.
+``entry3`` and ``exit1`` (inside: ``sep1``, ``sep2``, ``shortcut``/``shortcut_bn``),
+``middle1`` .. ``middle8`` (``sep1`` .. ``sep3``), ``exit_sepconv1``,
+``exit_sepconv2``, ``fc``; every ``sep*`` holds ``sepconv`` (``depthwise``,
+``pointwise``) and ``bn``.
 """
 from __future__ import annotations
 

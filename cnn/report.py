@@ -1,0 +1,277 @@
+"""Reading a degradation sweep's workdirs: curves, final errors, the paper's numbers.
+
+Shared by scripts/plot.py (He et al. Fig. 6 and the gradient-norm figure) and
+scripts/report.py (the Table 6 comparison). A sweep root holds one workdir per run
+(config.json, metrics.jsonl, final.json when finished, test.json when it evaluated on
+a validation split); `load_runs` reads them all.
+
+Definitions used in the report and the figures:
+
+* training error: ``train_top1_error`` of metrics.jsonl, the top-1 error of the
+  augmented training batches in train mode (BN on batch statistics), averaged over
+  each logging window. The final training error averages the windows of the last
+  `FINAL_FRACTION` of the run's steps (at least one window), so that it rests on a few
+  thousand images rather than the last window's.
+* evaluation error: ``eval_top1_error``, on the run's evaluation split (the test set,
+  or the held-out validation images when ``data.validation_size`` > 0); the final one
+  is the last evaluation. test.json, when present, holds the test error of a run that
+  evaluated on validation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import re
+from typing import Any, Optional, Sequence
+
+from cnn import metrics as metrics_lib
+
+FINAL_FRACTION = 0.05
+FAMILIES = ("plain", "resnet")
+LABELS = {"plain": "plain", "resnet": "ResNet"}
+# He et al. 2016 Table 6, CIFAR-10 test error (%) of the ResNets (option A). For
+# ResNet-110 the paper gives "6.43 (6.61 +- 0.16)": best of 5 runs (mean +- std).
+PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}
+PAPER_TABLE6_NOTE = ("He et al. 2016 Table 6 gives the ResNets' test error only (ResNet-110: "
+                     "best of 5 runs, mean 6.61 +- 0.16); the plain nets appear only as "
+                     "curves in Fig. 6, where plain-56 ends with higher training and test "
+                     "error than plain-20 (roughly 10-15 % vs 6-9 % test error read off the "
+                     "figure, not a published number).")
+_NAME = re.compile(r"^(plain|resnet)(\d+)$")
+
+
+@dataclasses.dataclass
+class RunData:
+  """One run of a sweep as read from its workdir."""
+  name: str
+  workdir: pathlib.Path
+  family: Optional[str]        # "plain" | "resnet" | None (not a ResNet/plain net)
+  depth: Optional[int]
+  seed: int
+  steps: int                   # the configured number of steps
+  rows: list[dict[str, Any]]
+  final: Optional[dict[str, Any]]
+  test: Optional[dict[str, Any]]
+  config: dict[str, Any]
+
+  @property
+  def done(self) -> bool:
+    return self.final is not None
+
+
+def family_depth(config: dict[str, Any]) -> tuple[Optional[str], Optional[int]]:
+  """("plain" | "resnet", depth) of a run config: model names plain56 / resnet56, or
+  cifar_resnet / imagenet_resnet with model.depth and model.residual."""
+  model = config.get("model", {})
+  name = str(model.get("name", ""))
+  match = _NAME.match(name)
+  if match:
+    return match.group(1), int(match.group(2))
+  if name in ("cifar_resnet", "imagenet_resnet") and "depth" in model:
+    return ("resnet" if model.get("residual", True) else "plain"), int(model["depth"])
+  return None, None
+
+
+def read_run(workdir: pathlib.Path) -> Optional[RunData]:
+  """The run in `workdir`, or None if it holds no config.json."""
+  workdir = pathlib.Path(workdir)
+  try:
+    config = json.loads((workdir / "config.json").read_text())
+  except (OSError, ValueError):
+    return None
+  family, depth = family_depth(config)
+
+  def optional_json(name: str) -> Optional[dict[str, Any]]:
+    try:
+      return json.loads((workdir / name).read_text())
+    except (OSError, ValueError):
+      return None
+
+  return RunData(name=workdir.name, workdir=workdir, family=family, depth=depth,
+                 seed=int(config.get("seed", 0)),
+                 steps=int(config.get("train", {}).get("steps", 0)),
+                 rows=metrics_lib.read_jsonl(workdir / "metrics.jsonl"),
+                 final=optional_json("final.json"), test=optional_json("test.json"),
+                 config=config)
+
+
+def load_runs(root: str | pathlib.Path) -> list[RunData]:
+  """Every run directly under `root` (sorted by family, depth, seed, name)."""
+  root = pathlib.Path(root)
+  runs = [r for r in (read_run(d) for d in sorted(root.iterdir()) if d.is_dir())
+          if r is not None] if root.is_dir() else []
+  return sorted(runs, key=lambda r: (r.family or "~", r.depth or 0, r.seed, r.name))
+
+
+def series(run: RunData, key: str) -> tuple[list[int], list[float]]:
+  """(steps, values) of a metric over the run's log, skipping rows without it."""
+  steps, values = [], []
+  for row in run.rows:
+    value = row.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value):
+      steps.append(int(row["step"]))
+      values.append(float(value))
+  return steps, values
+
+
+def final_train_error(run: RunData, fraction: float = FINAL_FRACTION) -> Optional[float]:
+  """Mean training error of the logging windows that end in the last `fraction` of
+  the run's steps (the last window if none does); None without any."""
+  steps, values = series(run, "train_top1_error")
+  if not steps:
+    return None
+  last = steps[-1]
+  cutoff = last - fraction * max(run.steps or last, 1)
+  recent = [v for s, v in zip(steps, values) if s > cutoff] or values[-1:]
+  return sum(recent) / len(recent)
+
+
+def final_eval_error(run: RunData) -> Optional[float]:
+  """The last logged evaluation error, None without any."""
+  _, values = series(run, "eval_top1_error")
+  return values[-1] if values else None
+
+
+def final_test_error(run: RunData) -> Optional[float]:
+  """The test error: test.json's if the run evaluated on validation, else the last
+  evaluation (which was on test); None when neither exists."""
+  if run.test is not None and "top1_error" in run.test:
+    return float(run.test["top1_error"])
+  if not run.config.get("data", {}).get("validation_size"):
+    return final_eval_error(run)
+  return None
+
+
+def evaluates_on_validation(runs: Sequence[RunData]) -> bool:
+  return any(r.config.get("data", {}).get("validation_size") for r in runs)
+
+
+@dataclasses.dataclass
+class Cell:
+  """Summary of the runs of one (family, depth): errors as fractions."""
+  family: str
+  depth: int
+  n: int
+  done: int
+  train: tuple[Optional[float], Optional[float]]      # (mean, std)
+  eval: tuple[Optional[float], Optional[float]]
+  test: tuple[Optional[float], Optional[float]]
+  steps: int                                           # last logged step (max)
+
+
+def mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
+  """Mean and sample standard deviation (ddof 1; None with fewer than 2 values)."""
+  values = [v for v in values if v is not None]
+  if not values:
+    return None, None
+  mean = sum(values) / len(values)
+  if len(values) < 2:
+    return mean, None
+  var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+  return mean, math.sqrt(var)
+
+
+def summarize(runs: Sequence[RunData]) -> list[Cell]:
+  """One `Cell` per (family, depth) of the plain/ResNet runs, sorted."""
+  groups: dict[tuple[str, int], list[RunData]] = {}
+  for r in runs:
+    if r.family in FAMILIES and r.depth is not None:
+      groups.setdefault((r.family, r.depth), []).append(r)
+  cells = []
+  for (family, depth), members in sorted(groups.items()):
+    last_steps = [r.rows[-1]["step"] for r in members if r.rows]
+    cells.append(Cell(family, depth, n=len(members), done=sum(r.done for r in members),
+                      train=mean_std([final_train_error(r) for r in members]),
+                      eval=mean_std([final_eval_error(r) for r in members]),
+                      test=mean_std([final_test_error(r) for r in members]),
+                      steps=max(last_steps) if last_steps else 0))
+  return cells
+
+
+def ordering(cells: Sequence[Cell], family: str, metric: str = "train") -> dict[str, Any]:
+  """How `metric` (train | eval | test mean) moves with depth within `family`.
+
+  Returns {"depths", "values", "rising": all consecutive steps up, "falling": all down,
+  "deepest_vs_shallowest": value(deepest) - value(shallowest)}.
+  """
+  pairs = [(c.depth, getattr(c, metric)[0]) for c in cells
+           if c.family == family and getattr(c, metric)[0] is not None]
+  pairs.sort()
+  depths = [d for d, _ in pairs]
+  values = [v for _, v in pairs]
+  diffs = [b - a for a, b in zip(values, values[1:])]
+  return {"depths": depths, "values": values,
+          "rising": bool(diffs) and all(d > 0 for d in diffs),
+          "falling": bool(diffs) and all(d < 0 for d in diffs),
+          "deepest_vs_shallowest": (values[-1] - values[0]) if len(values) > 1 else None}
+
+
+def _percent(v: Optional[float]) -> str:
+  return "n/a" if v is None else f"{100 * v:.2f} %"
+
+
+def verdict(cells: Sequence[Cell], metric: str = "train") -> list[str]:
+  """Sentences saying whether the degradation ordering holds on `metric`: plain nets
+  get worse with depth, ResNets better. Says what the numbers show, either way."""
+  what = {"train": "training error", "eval": "evaluation error",
+          "test": "test error"}[metric]
+  sentences = []
+  for family, expected in (("plain", "rising"), ("resnet", "falling")):
+    o = ordering(cells, family, metric)
+    label = LABELS[family]
+    if len(o["depths"]) < 2:
+      sentences.append(f"{label} nets: fewer than two depths have a {what}; no ordering "
+                       "to check.")
+      continue
+    chain = (" < " if o[expected] and expected == "rising" else
+             " > " if o[expected] else ", ").join(
+        f"{label}-{d} {_percent(v)}" for d, v in zip(o["depths"], o["values"]))
+    gap = o["deepest_vs_shallowest"]
+    deep, shallow = o["depths"][-1], o["depths"][0]
+    if expected == "rising":
+      if o["rising"]:
+        sentences.append(f"Plain nets: the {what} rises with every step in depth "
+                         f"({chain}): the degradation problem holds.")
+      elif gap > 0:
+        sentences.append(f"Plain nets: the deepest ({deep} layers) has a higher {what} "
+                         f"than the shallowest ({shallow}) by {100 * gap:.2f} points, but "
+                         f"not at every step in depth ({chain}): the degradation holds "
+                         "only partly.")
+      else:
+        sentences.append(f"Plain nets: the deepest ({deep} layers) does not have a higher "
+                         f"{what} than the shallowest ({shallow}) ({chain}): no "
+                         "degradation is visible here.")
+    else:
+      if o["falling"]:
+        sentences.append(f"ResNets: the {what} falls with every step in depth "
+                         f"({chain}): deeper residual nets are better, as in the paper.")
+      elif gap < 0:
+        sentences.append(f"ResNets: the deepest ({deep} layers) has a lower {what} than "
+                         f"the shallowest ({shallow}) by {100 * -gap:.2f} points, but not "
+                         f"at every step in depth ({chain}): the paper's ordering holds "
+                         "only partly.")
+      else:
+        sentences.append(f"ResNets: the deepest ({deep} layers) does not have a lower "
+                         f"{what} than the shallowest ({shallow}) ({chain}): the paper's "
+                         "'deeper is better' ordering does not show here.")
+  pairs = []
+  for c in cells:
+    if c.family != "plain":
+      continue
+    twin = next((r for r in cells if r.family == "resnet" and r.depth == c.depth), None)
+    a, b = getattr(c, metric)[0], getattr(twin, metric)[0] if twin else None
+    if a is not None and b is not None:
+      pairs.append((c.depth, a, b))
+  if pairs:
+    better = [d for d, a, b in pairs if b < a]
+    listed = ", ".join(f"{d}: {_percent(b)} vs {_percent(a)}" for d, a, b in pairs)
+    if len(better) == len(pairs):
+      sentences.append(f"At every depth the ResNet has the lower {what} than its plain "
+                       f"twin (ResNet vs plain, {listed}).")
+    else:
+      sentences.append(f"The ResNet has the lower {what} at {len(better)} of "
+                       f"{len(pairs)} depths (ResNet vs plain, {listed}).")
+  return sentences

@@ -1,0 +1,134 @@
+"""The degradation study: plain nets against ResNets of the same depth on CIFAR-10
+(He et al. 2016, "Deep Residual Learning for Image Recognition", Fig. 6 and Table 6).
+
+    python -m scripts.sweep experiments/degradation.py --root runs/degradation
+    python -m scripts.sweep experiments/degradation.py:cpu --root runs/degradation
+    python -m scripts.plot runs/degradation --out docs/degradation/fig6
+    python -m scripts.report runs/degradation --out docs/degradation/report.md
+
+The grid (`get_sweep`): {plain, residual} x depth {20, 32, 44, 56} x seeds, model names
+``plain{depth}`` / ``resnet{depth}`` (cnn/models/resnet.py), run names such as
+``plain56_s0``. Option A shortcuts (identity, zero-padded where the width doubles), so
+a plain net and the ResNet of the same depth have exactly the same parameters and
+differ only in the additions. Per-stage gradient norms are logged
+(``train.log_grad_norms``) for the "why plain nets degrade" figure.
+
+The paper's recipe (section 4.2), preset "" (the default): batch 128, SGD with
+momentum 0.9, weight decay 1e-4 (L2 in the loss), learning rate 0.1 divided by 10 at
+32k and 48k iterations, 64k iterations; 4-pixel padding + random 32x32 crop + random
+horizontal flip; per-channel normalisation; He initialisation; BN after every conv;
+width 16 (16/32/64 filters in the three stages).
+
+Validation vs test: the paper chose its schedule on a 45k/5k train/validation split
+and reports Table 6's test error after training on all 50k images. Preset "" does the
+latter: it trains on the 50k and evaluates on the 10k test images (every 1,000
+iterations, for the Fig. 6 curves). Preset "val" trains on 45k and evaluates on the
+5k held out (the split chosen by the run's seed, the same for the plain and residual
+run of a seed), then once on the test set at the end (test.json, by scripts.sweep).
+
+Presets:
+
+* "" (paper): depths 20/32/44/56, seeds 0, 1, 2; ~2 GPU-hours for all 24 runs.
+* "val": as "", on the 45k/5k split.
+* "with110": as "", plus ResNet-110 (lr 0.01 for the first 400 iterations, as the
+  paper warms it up; the paper shows no plain-110).
+* "cpu": the same study scaled to about an hour on a 2-core CPU, see `cpu_config`.
+"""
+from cnn import config as config_lib
+from cnn import sweep
+from cnn.errors import ConfigError
+
+DEPTHS = (20, 32, 44, 56)
+FAMILIES = ("plain", "resnet")
+PRESETS = ("", "val", "with110", "cpu")
+
+# The CPU preset's scaling, identical for plain and residual nets (measured sizing in
+# cpu_config's docstring).
+CPU_WIDTH = 8
+CPU_BATCH = 128
+CPU_STEPS = 1000
+CPU_DEPTHS = (20, 32, 44, 56)
+CPU_VALIDATION = 5000
+
+
+def paper_config() -> config_lib.ml_collections.ConfigDict:
+  """He et al. section 4.2 on the full training set, evaluated on the test set."""
+  c = config_lib.defaults()
+  c.model.name = "resnet20"            # each run sets plain{d} / resnet{d}
+  c.model.width = 16
+  c.model.shortcut = "A"
+  c.model.conv_impl = "auto"           # the fastest convolution for the backend
+  c.data.source = "cifar10"
+  c.data.augment = "cifar"
+  c.optim.name = "momentum"
+  c.optim.learning_rate = 0.1
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 1e-4
+  c.schedule.name = "piecewise"
+  c.schedule.boundaries = [32000, 48000]
+  c.schedule.decay = 0.1
+  c.train.batch_size = 128
+  c.train.eval_batch_size = 500
+  c.train.steps = 64000
+  c.train.log_every = 100
+  c.train.eval_every = 1000
+  c.train.checkpoint_every = 2000
+  c.train.log_grad_norms = True
+  return c
+
+
+def cpu_config() -> config_lib.ml_collections.ConfigDict:
+  """The same study sized for about an hour of a shared 2-core CPU.
+
+  What changes, identically for the plain and the residual nets:
+
+  * width 8 instead of 16 (8/16/32 filters; ~1/4 of the multiply-adds);
+  * 1,000 iterations instead of 64,000, with the learning-rate drops kept at the
+    same fractions of training (50 % and 75 %: steps 500 and 750);
+  * evaluation on the paper's 5k held-out validation images (training on the other
+    45k) every 100 iterations, and once on the 10k test images at the end;
+  * one seed.
+
+  Everything else is the paper's recipe. Sizing (measured on this machine while
+  other jobs shared its 2 cores; see docs/degradation/README.md): see CPU_STEPS.
+  """
+  c = paper_config()
+  c.model.width = CPU_WIDTH
+  c.train.batch_size = CPU_BATCH
+  c.train.steps = CPU_STEPS
+  c.schedule.boundaries = [CPU_STEPS // 2, CPU_STEPS * 3 // 4]
+  c.data.validation_size = CPU_VALIDATION
+  c.train.log_every = 20
+  c.train.eval_every = 100
+  c.train.checkpoint_every = 100
+  c.train.keep_checkpoints = 1
+  c.train.tensorboard = False
+  return c
+
+
+def get_config(preset: str = ""):
+  if preset not in PRESETS:
+    raise ConfigError(f"Unknown preset {preset!r} of experiments/degradation.py; use "
+                      "'' (the paper's recipe), 'val', 'with110' or 'cpu'.")
+  if preset == "cpu":
+    return cpu_config()
+  c = paper_config()
+  if preset == "val":
+    c.data.validation_size = 5000
+  return c
+
+
+def get_sweep(config, preset: str = ""):
+  """{plain, resnet} x depths x seeds, named ``plain56_s0``; "with110" adds ResNet-110
+  with the paper's warm-up."""
+  del config
+  if preset == "cpu":
+    return sweep.product({"model.name": [f"{f}{d}" for d in CPU_DEPTHS for f in FAMILIES],
+                          "seed": [0]})
+  runs = sweep.product({"model.name": [f"{f}{d}" for d in DEPTHS for f in FAMILIES],
+                        "seed": [0, 1, 2]})
+  if preset == "with110":
+    runs += [(f"resnet110_s{s}", {"model.name": "resnet110", "seed": s,
+                                  "schedule.warmup_steps": 400,
+                                  "schedule.warmup_lr": 0.01}) for s in (0, 1, 2)]
+  return runs

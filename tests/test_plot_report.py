@@ -1,0 +1,153 @@
+"""scripts/plot.py and scripts/report.py on synthetic sweeps (hand-checked numbers)."""
+import json
+import pathlib
+
+import pytest
+
+from cnn import report
+from scripts import plot as plot_script
+from scripts import report as report_script
+
+STEPS = 1000
+
+
+def write_run(root: pathlib.Path, model: str, seed: int, *, train_end: tuple,
+              eval_end: float, validation: bool = False, test: float = None,
+              done: bool = True) -> pathlib.Path:
+  """A fake workdir: train error logged every 25 steps, falling linearly to the two
+  given values at steps 975 and 1000; evaluations at 500 and 1000 (the last one is
+  `eval_end`); per-stage gradient norms."""
+  workdir = root / f"{model}_s{seed}"
+  workdir.mkdir(parents=True)
+  config = {"seed": seed, "model": {"name": model, "width": 8},
+            "data": {"validation_size": 5000 if validation else 0},
+            "train": {"steps": STEPS}}
+  (workdir / "config.json").write_text(json.dumps(config))
+  rows = []
+  for step in range(25, STEPS + 1, 25):
+    if step == 975:
+      err = train_end[0]
+    elif step == 1000:
+      err = train_end[1]
+    else:
+      err = 0.9 - 0.5 * step / STEPS
+    row = {"step": step, "train_top1_error": err, "grad_norm/conv1": 1.0,
+           "grad_norm/stage1": 0.5, "grad_norm/stage2": 0.4, "grad_norm/stage3": 0.3,
+           "grad_norm/head": 0.2}
+    if step == 500:
+      row["eval_top1_error"] = 0.7
+    if step == STEPS:
+      row["eval_top1_error"] = eval_end
+    rows.append(row)
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  if done:
+    (workdir / "final.json").write_text(json.dumps({"status": "done", **rows[-1]}))
+  if test is not None:
+    (workdir / "test.json").write_text(json.dumps({"top1_error": test, "split": "test"}))
+  return workdir
+
+
+def degradation_sweep(root, plain_train, resnet_train):
+  """Depths 20/32/56, two seeds; final train errors per depth given for seed 0, seed 1
+  adds 0.04 (so each cell has std 0.02 * sqrt(2) = 0.0283)."""
+  for family, finals in (("plain", plain_train), ("resnet", resnet_train)):
+    for depth, value in zip((20, 32, 56), finals):
+      for seed in (0, 1):
+        v = value + 0.04 * seed
+        write_run(root, f"{family}{depth}", seed, train_end=(v - 0.01, v + 0.01),
+                  eval_end=v + 0.1)
+  return root
+
+
+def test_final_errors_and_table_by_hand(tmp_path):
+  root = degradation_sweep(tmp_path, plain_train=(0.10, 0.20, 0.30),
+                           resnet_train=(0.09, 0.08, 0.07))
+  runs = report.load_runs(root)
+  assert len(runs) == 12
+  # plain20 seed 0: windows ending at 975 (0.09) and 1000 (0.11) lie in the last 5 %
+  # of 1000 steps (after step 950): (0.09 + 0.11) / 2 = 0.10.
+  p20 = next(r for r in runs if r.name == "plain20_s0")
+  assert report.final_train_error(p20) == pytest.approx(0.10)
+  assert report.final_eval_error(p20) == pytest.approx(0.20)
+  assert report.final_test_error(p20) == pytest.approx(0.20)   # evaluated on test
+  cells = {(c.family, c.depth): c for c in report.summarize(runs)}
+  # Seeds 0.10 and 0.14: mean 0.12, sample std sqrt(2 * 0.02^2 / 1) = 0.028284.
+  assert cells["plain", 20].train[0] == pytest.approx(0.12)
+  assert cells["plain", 20].train[1] == pytest.approx(0.028284, abs=1e-6)
+  assert cells["plain", 20].n == 2 and cells["plain", 20].done == 2
+  text = report_script.render(runs, str(root))
+  assert "| plain-20 | 2 (2) | 1000 | 12.00 ± 2.83 | 22.00 ± 2.83 | (only plotted) |" in text
+  # The paper's Table 6: ResNet-20 8.75 %, ResNet-56 6.97 %.
+  assert "| ResNet-20 | 2 (2) | 1000 | 11.00 ± 2.83 | 21.00 ± 2.83 | 8.75 |" in text
+  assert "| ResNet-56 | 2 (2) | 1000 | 9.00 ± 2.83 | 19.00 ± 2.83 | 6.97 |" in text
+
+
+def test_verdict_when_the_degradation_holds(tmp_path):
+  root = degradation_sweep(tmp_path, plain_train=(0.10, 0.20, 0.30),
+                           resnet_train=(0.09, 0.08, 0.07))
+  sentences = report.verdict(report.summarize(report.load_runs(root)), "train")
+  assert "the degradation problem holds" in sentences[0]
+  assert "deeper residual nets are better" in sentences[1]
+  assert "At every depth the ResNet has the lower" in sentences[2]
+
+
+def test_verdict_when_it_does_not(tmp_path):
+  root = degradation_sweep(tmp_path, plain_train=(0.30, 0.20, 0.10),
+                           resnet_train=(0.07, 0.08, 0.09))
+  sentences = report.verdict(report.summarize(report.load_runs(root)), "train")
+  assert "no degradation is visible here" in sentences[0]
+  assert "does not show here" in sentences[1]
+  # ResNet (0.09, 0.10, 0.11 means) vs plain (0.32, 0.22, 0.12): lower at all depths.
+  assert "At every depth" in sentences[2]
+
+
+def test_verdict_partial_ordering(tmp_path):
+  # plain: 20 -> 32 falls, 32 -> 56 rises, 56 above 20 by 0.05: partly.
+  root = degradation_sweep(tmp_path, plain_train=(0.20, 0.15, 0.25),
+                           resnet_train=(0.09, 0.10, 0.07))
+  sentences = report.verdict(report.summarize(report.load_runs(root)), "train")
+  assert "by 5.00 points" in sentences[0] and "only partly" in sentences[0]
+  assert "by 2.00 points" in sentences[1] and "only partly" in sentences[1]
+
+
+def test_validation_runs_report_test_json(tmp_path):
+  write_run(tmp_path, "plain20", 0, train_end=(0.3, 0.3), eval_end=0.40,
+            validation=True, test=0.42)
+  write_run(tmp_path, "resnet20", 0, train_end=(0.2, 0.2), eval_end=0.30,
+            validation=True, done=False)
+  runs = report.load_runs(tmp_path)
+  text = report_script.render(runs, str(tmp_path))
+  assert "| plain-20 | 1 (1) | 1000 | 30.00 | 40.00 | 42.00 | (only plotted) |" in text
+  # No test.json: the validation error is not passed off as test error.
+  assert "| ResNet-20 | 1 (0) | 1000 | 20.00 | 30.00 | n/a | 8.75 |" in text
+  assert "Unfinished runs" in text and "resnet20_s0" in text
+
+
+def test_cifar_resnet_names_are_read():
+  assert report.family_depth({"model": {"name": "cifar_resnet", "depth": 44,
+                                        "residual": False}}) == ("plain", 44)
+  assert report.family_depth({"model": {"name": "resnet110"}}) == ("resnet", 110)
+  assert report.family_depth({"model": {"name": "lenet5"}}) == (None, None)
+
+
+def test_plot_writes_png_and_pdf(tmp_path, capsys):
+  root = degradation_sweep(tmp_path / "sweep", plain_train=(0.10, 0.20, 0.30),
+                           resnet_train=(0.09, 0.08, 0.07))
+  out = tmp_path / "figs" / "fig6"
+  assert plot_script.main([str(root), "--out", str(out)]) == 0
+  for name in ("fig6.png", "grad_norms.png"):
+    data = (tmp_path / "figs" / name).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+  for name in ("fig6.pdf", "grad_norms.pdf"):
+    assert (tmp_path / "figs" / name).read_bytes()[:5] == b"%PDF-"
+  printed = capsys.readouterr().out
+  assert "fig6.png" in printed and "grad_norms.pdf" in printed
+
+
+def test_plot_and_report_refuse_an_empty_root(tmp_path, capsys):
+  for main in (plot_script.main, report_script.main):
+    with pytest.raises(SystemExit) as e:
+      main([str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: No plain or ResNet runs") and err.count("\n") == 1
