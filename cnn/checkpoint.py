@@ -163,8 +163,9 @@ class Checkpointer:
     if self.best is None or not self.best.all_steps():
       return None, None
     step = self.best.best_step()
-    state = self.best.restore(step, args=ocp.args.StandardRestore(abstract_state))
-    problem = _fingerprint_problem(self.best, step, state)
+    with _quiet_orbax():
+      state = self.best.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      problem = _fingerprint_problem(self.best, step, state)
     if problem is not None:
       raise ConfigError(
           f"The best checkpoint {step} in {self.best.directory} is corrupt ({problem}); "

@@ -150,4 +150,4 @@ def conv_gemm(x: Array, kernel: Array, strides: tuple[int, int],
   return _conv_taps(x, kernel, strides, pads, dilation, groups)
 
 
-conv_lib.register_impl("gemm", conv_gemm, auto_for=("cpu",))
+conv_lib.register_impl("gemm", conv_gemm)

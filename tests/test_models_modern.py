@@ -114,8 +114,8 @@ def run(model, x, train=False):
   return variables, out, state
 
 
-def images(shape):
-  return jax.random.normal(jax.random.key(1), shape, jnp.float32)
+def images(shape, seed=1):
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
 
 
 # ----------------------------------------------------------------------------------
@@ -315,8 +315,8 @@ def test_mobilenet_width_multiplier_matches_table6(width, conv_calls):
   if width == 1.0:
     # By hand from Table 1 (conv weights; BN scale+shift, 2 per channel; FC):
     # conv1 3*3*3*32 + 64 = 928; blocks (depthwise 9M + 2M, pointwise MN + 2N):
-    # 32->64 2,528; 64->128 9,024; 128->128 17,920; 128->256 34,688; 256->256 68,864;
-    # 256->512 136,448; 5 x 512->512 5*268,800; 512->1024 531,968; 1024->1024
+    # 32->64 2,528; 64->128 9,152; 128->128 18,048; 128->256 34,688; 256->256 68,864;
+    # 256->512 134,912; 5 x 512->512 5*268,800; 512->1024 531,968; 1024->1024
     # 1,061,888; FC 1024*1000+1000 = 1,025,000: 4,231,976 in all.
     assert param_count(params) == 4_231_976
     # Table 1's output sizes: 112x112x64 after block 1, 7x7x1024 at the end.
@@ -349,12 +349,13 @@ def test_xception_parameter_count_matches_table3(conv_calls):
   model = create("xception", conv_impl="counting")
   params, inter = trace(model, (1, 299, 299, 3))
   # Table 3: 22,855,952. By hand (BN: 2 per channel; separable i->o: 9i + io + 2o):
-  # conv1 864+64, conv2 18,432+128; entry blocks 64->128: 1x1 shortcut 8,192+256,
-  # sep 64->128 8,960 (9*64 + 64*128 + 256), sep 128->128 17,792; 128->256: 32,768
-  # + 512, 34,432, 68,352; 256->728: 186,368 + 1,456, 190,672, 539,056; middle
-  # 8 * 3 * 539,056 = 12,937,344; exit shortcut 745,472 + 2,048, sep 728->728
-  # 539,056, sep 728->1024 757,464; sep 1024->1536 1,585,152; sep 1536->2048
-  # 3,163,136; FC 2,049,000. Sum: 22,855,952.
+  # conv1 864 + 64, conv2 18,432 + 128; entry block 64->128: 1x1/2 shortcut
+  # 8,192 + 256, sep 64->128 9,024 (576 + 8,192 + 256), sep 128->128 17,792;
+  # 128->256: 32,768 + 512, 34,432, 68,352; 256->728: 186,368 + 1,456, 190,128,
+  # 537,992; middle 8 * 3 * 537,992 = 12,911,808; exit block: shortcut
+  # 745,472 + 2,048, sep 728->728 537,992, sep 728->1024 754,072; sep 1024->1536
+  # 1,585,152; sep 1536->2048 3,163,648; FC 2048*1000 + 1000 = 2,049,000.
+  # Sum: 22,855,952.
   assert param_count(params) == 22_855_952
   assert inter["exit_sepconv2"]["__call__"][0].shape == (1, 10, 10, 2048)
   # 2 plain convs, 4 shortcuts, 2 kernels per separable conv (6 + 24 + 2 + 2).

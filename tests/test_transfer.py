@@ -130,8 +130,8 @@ def test_engine_step_applies_the_group_learning_rates(source_run, new_task):
                                           seed=c.seed)
   images, labels = batch_fn(*device_data, 0)
   loss = functools.partial(train.loss_fn, model=run.model, cfg=run.step_cfg)
-  grads = jax.device_get(jax.grad(lambda p: loss(p, {}, images, labels,
-                                                 jax.random.key(0))[0])(before))
+  grads = jax.device_get(jax.jit(jax.grad(
+      lambda p: loss(p, {}, images, labels, jax.random.key(0))[0]))(before))
   for layer in before:
     rate = 0.1 if layer == "fc5" else 0.1 * 0.5
     for name in before[layer]:

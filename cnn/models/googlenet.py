@@ -17,10 +17,11 @@ Parameter names follow the Caffe model of the paper (bvlc_googlenet): ``conv1``,
 ``inception_5b`` (inside: ``1x1``, ``3x3_reduce``, ``3x3``, ``5x5_reduce``, ``5x5``,
 ``pool_proj``), ``aux1``/``aux2`` (the auxiliary classifiers after 4a and 4d), ``fc``.
 
-Strided convolutions and pools use 'SAME' padding (output ceil(N / S), the rounding
-Caffe's pooling uses), so 224 -> 112 -> 56 -> 28 -> 14 -> 7 as in Table 1. The final
-7x7 average pool of Table 1 is a global average pool: the same at 224x224, and it lets
-the network run on small inputs.
+The two LRN layers of the stem are the course's NORM layer (`layers.LocalResponseNorm`,
+AlexNet's constants). Strided convolutions and pools use 'SAME' padding (output
+ceil(N / S), the rounding Caffe's pooling uses), so 224 -> 112 -> 56 -> 28 -> 14 -> 7
+as in Table 1. The final 7x7 average pool of Table 1 is a global average pool: the
+same at 224x224, and it lets the network run on small inputs.
 """
 from __future__ import annotations
 
