@@ -19,10 +19,13 @@ config's model and optimizer is a `ConfigError`, not corruption.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
+import os
 import pathlib
 import shutil
 import sys
+import time
 from typing import Any, Iterator, Optional
 
 import jax
@@ -47,6 +50,32 @@ def _quiet_orbax() -> Iterator[None]:
     yield
   finally:
     logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _muted_stderr(linger_s: float = 0.5) -> Iterator[None]:
+  """Sends stderr (the file descriptor and sys.stderr) to /dev/null while orbax reads
+  a checkpoint that may be damaged. When a read fails, orbax closes its event loop
+  while tensorstore reads of the other arrays are still under way; those finish on
+  their own threads and print a traceback each ("Event loop is closed"). On a failure
+  this waits `linger_s` for them before giving stderr back."""
+  sys.stderr.flush()
+  saved_fd, devnull_fd = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  saved_stream = sys.stderr
+  os.dup2(devnull_fd, 2)
+  sys.stderr = open(os.devnull, "w")  # noqa: SIM115 -- closed below
+  try:
+    yield
+  except BaseException:
+    time.sleep(linger_s)
+    gc.collect()             # "Future exception was never retrieved" logs, while muted
+    raise
+  finally:
+    sys.stderr.close()
+    sys.stderr = saved_stream
+    os.dup2(saved_fd, 2)
+    os.close(saved_fd)
+    os.close(devnull_fd)
 
 
 def _manager(path: pathlib.Path, keep: int, *, best_metric: Optional[str] = None,
@@ -128,7 +157,7 @@ class Checkpointer:
     """
     for step in reversed(self.steps()):
       try:
-        with _quiet_orbax():
+        with _quiet_orbax(), _muted_stderr():
           state = self.latest.restore(step, args=ocp.args.StandardRestore(abstract_state))
           problem = _fingerprint_problem(self.latest, step, state)
       except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint: fall back
@@ -235,7 +264,7 @@ def _stored_shape(leaf: Any) -> tuple[int, ...]:
 
 def _saved_shapes(manager: ocp.CheckpointManager, step: int):
   try:
-    with _quiet_orbax():
+    with _quiet_orbax(), _muted_stderr():   # reads every array's zarr metadata
       tree = manager.item_metadata(step)
   except Exception:  # noqa: BLE001 -- unreadable metadata: nothing to compare
     return None

@@ -67,6 +67,9 @@ def check_same_but_seed(configs: Sequence[ml_collections.ConfigDict]) -> None:
       raise ConfigError(
           f"fit_multi trains configs that differ only in seed, but {', '.join(differing)} "
           "differ; train those runs separately.")
+  if configs[0].get("transfer", {}).get("init_from"):
+    raise ConfigError("fit_multi starts every model from its seed; train runs with "
+                      "transfer.init_from one by one with scripts.train.")
   tc = configs[0].train
   if tc.get("step_impl", "jit") != "jit" or tc.get("model_parallel", 1) != 1:
     raise ConfigError("fit_multi runs the jit step on one device; set "

@@ -5,8 +5,9 @@ Every function returns a matplotlib `Figure` (no pyplot: nothing global, works
 without a display) whose size is fixed by its content, and `save` writes it as a
 PNG at `DPI` without trimming, so the pixel size is known in advance:
 
-    filters / feature maps   cols x rows tiles of CELL inches, plus TITLE on top,
-                             cols = ceil(sqrt(n)), rows = ceil(n / cols)
+    filters / feature maps   cols x rows tiles of CELL inches (at least MIN_WIDTH
+                             wide), plus TITLE on top, cols = ceil(sqrt(n)),
+                             rows = ceil(n / cols)
     kernels                  one row of WIDE-inch tiles, plus TITLE
     structure                BLOCK_W wide, one BLOCK_H row per block, plus TITLE
     segmentation             3 columns (image, truth, prediction) of WIDE-inch tiles
@@ -29,7 +30,8 @@ from matplotlib.figure import Figure
 DPI = 100
 CELL = 1.0        # inches per filter / feature-map tile
 WIDE = 2.0        # inches per tile of the kernel and segmentation figures
-TITLE = 0.5       # inches of title band
+TITLE = 0.6       # inches of title band (two lines)
+MIN_WIDTH = 4.0   # inches: room for the title of a small grid
 BLOCK_W, BLOCK_H = 6.0, 0.5
 MAX_MAPS = 64     # feature maps shown at most
 
@@ -65,7 +67,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def _tiles(tiles: Sequence[np.ndarray], labels: Sequence[str], title: str,
            cmap: str = "gray") -> Figure:
   rows, cols = grid(len(tiles))
-  fig = Figure(figsize=(cols * CELL, rows * CELL + TITLE))
+  fig = Figure(figsize=(max(cols * CELL, MIN_WIDTH), rows * CELL + TITLE))
   top = 1.0 - TITLE / (rows * CELL + TITLE)
   fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=top, wspace=0.1,
                       hspace=0.3)
@@ -99,7 +101,7 @@ def filters_figure(kernel: np.ndarray, title: str = "first-layer filters") -> Fi
   images = filter_images(kernel)
   kh, kw, cin, _ = np.shape(kernel)
   return _tiles(images, [f"{i}" for i in range(len(images))],
-                f"{title} ({kh}x{kw}x{cin}, {len(images)} filters)")
+                f"{title}\n{len(images)} filters of {kh}x{kw}x{cin}")
 
 
 def feature_maps_figure(image: np.ndarray, maps: np.ndarray,
@@ -111,12 +113,14 @@ def feature_maps_figure(image: np.ndarray, maps: np.ndarray,
     raise ValueError(f"Feature maps must be (height, width, channels), got {maps.shape}.")
   image = np.asarray(image, np.float64)
   shown = min(maps.shape[-1], MAX_MAPS)
-  first = _unit(image[..., 0]) if image.shape[-1] != 3 else _unit(image)
+  # The input in colour (RGB) or grey, so it is not mistaken for a feature map.
+  first = _unit(image) if image.shape[-1] == 3 else np.repeat(
+      _unit(image[..., 0])[..., None], 3, axis=-1)
   tiles = [first] + [_unit(maps[..., k]) for k in range(shown)]
   labels = ["input"] + [f"{k}" for k in range(shown)]
   more = f", first {shown} of {maps.shape[-1]}" if shown < maps.shape[-1] else ""
-  return _tiles(tiles, labels, f"{title} ({maps.shape[0]}x{maps.shape[1]}x"
-                f"{maps.shape[-1]}{more})", cmap="viridis")
+  return _tiles(tiles, labels, f"{title}\n{maps.shape[0]}x{maps.shape[1]}x"
+                f"{maps.shape[-1]} maps{more}", cmap="viridis")
 
 
 def kernels_figure(image: np.ndarray, outputs: Mapping[str, np.ndarray],

@@ -6,14 +6,16 @@
 
 Trains the config twice with ``python -m scripts.train``: once uninterrupted
 (``<workdir>/reference``) and once under fire (``<workdir>/killed``), where the process
-gets SIGKILL at seeded random moments and is started again after each kill, as a
-pre-emptible machine would. The moments are of three kinds:
+gets SIGKILL (or SIGTERM) at seeded random moments and is started again after each, as
+on a pre-emptible machine. The moments are of four kinds:
 
 * ``checkpoint``: the instant a checkpoint write starts (orbax's temporary directory
   appears), i.e. with a half-written checkpoint on disk;
 * ``step``: a random delay (up to 0.3 s) after the life's first new checkpoint is
   complete, usually mid-step;
-* ``startup``: a random delay after the launch (imports, compilation, restore).
+* ``startup``: a random delay after the launch (imports, compilation, restore);
+* ``sigterm``: like ``step`` but a SIGTERM (a pre-emption notice): the run must write
+  a checkpoint and exit 0 by itself.
 
 Then it compares the final checkpoints (parameters, optimizer state, batch-norm
 statistics, rng, counters: every bit), metrics.jsonl and final.json (both without the
@@ -35,7 +37,7 @@ import time
 from typing import Any, Optional, Sequence
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-MOMENTS = ("checkpoint", "step", "startup")
+MOMENTS = ("checkpoint", "step", "startup", "sigterm")
 TMP_MARK = ".orbax-checkpoint-tmp"   # orbax's name for a step being written
 TIMING_KEYS = ("img_per_s",)         # wall-clock fields: never reproducible
 POLL_S = 0.002
@@ -48,6 +50,7 @@ class Kill:
   start_step: int                 # newest complete checkpoint when the life began
   killed: bool = False            # False: the run finished before the moment came
   at_s: float = 0.0               # seconds after the launch
+  returncode: Optional[int] = None
   writing: Optional[int] = None   # the step being written at a checkpoint kill
   steps_after: list[int] = dataclasses.field(default_factory=list)  # complete steps
   log: Optional[pathlib.Path] = None
@@ -65,15 +68,16 @@ def complete_steps(workdir: pathlib.Path) -> list[int]:
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
-def writing_steps(workdir: pathlib.Path) -> list[int]:
-  """Steps whose checkpoint is being written (orbax temporary directories)."""
+def temporary_dirs(workdir: pathlib.Path) -> dict[str, int]:
+  """Orbax's temporary directories (checkpoints being written, or left half-written
+  by a kill until the next run cleans them up) and their steps."""
   directory = workdir / "checkpoints"
   try:
     names = os.listdir(directory)
   except FileNotFoundError:
-    return []
-  return sorted(int(n.split(".")[0]) for n in names
-                if TMP_MARK in n and n.split(".")[0].isdigit())
+    return {}
+  return {n: int(n.split(".")[0]) for n in names
+          if TMP_MARK in n and n.split(".")[0].isdigit()}
 
 
 # ----------------------------------------------------------------------------------
@@ -85,7 +89,8 @@ def train_command(config: str, workdir: pathlib.Path, overrides: Sequence[str]) 
           str(workdir), *overrides]
 
 
-def plan(kills: int, seed: int, moments: Sequence[str] = ("checkpoint", "step")) -> list[str]:
+def plan(kills: int, seed: int,
+         moments: Sequence[str] = ("checkpoint", "step", "sigterm")) -> list[str]:
   """A seeded sequence of kill moments that uses every kind in `moments` if it can."""
   rng = random.Random(seed)
   chosen = list(moments)[:kills]
@@ -106,9 +111,10 @@ def _watch_and_kill(proc: subprocess.Popen, workdir: pathlib.Path, kill: Kill,
   """Waits for the moment `kill.moment` and sends SIGKILL (unless the run ends first)."""
   launched = time.monotonic()
   nth_write = rng.choice((1, 2))   # kill during this life's first or second new write
-  delay = {"step": rng.uniform(0.0, 0.3), "startup": rng.uniform(0.5, 4.0)}.get(
-      kill.moment, 0.0)
+  delay = {"step": rng.uniform(0.0, 0.3), "sigterm": rng.uniform(0.0, 0.3),
+           "startup": rng.uniform(0.5, 4.0)}.get(kill.moment, 0.0)
   progressed_at = None
+  stale = set(temporary_dirs(workdir))   # left by the previous life's kill
   while proc.poll() is None:
     now = time.monotonic()
     if now - launched > timeout:
@@ -116,12 +122,13 @@ def _watch_and_kill(proc: subprocess.Popen, workdir: pathlib.Path, kill: Kill,
       raise TimeoutError(f"{' '.join(proc.args)} ran past {timeout} s")
     fire = False
     if kill.moment == "checkpoint":
-      writing = [s for s in writing_steps(workdir) if s > kill.start_step]
+      writing = sorted(s for n, s in temporary_dirs(workdir).items()
+                       if n not in stale and s > kill.start_step)
       if writing:
         new = {s for s in complete_steps(workdir) + writing if s > kill.start_step}
         if len(new) >= nth_write:
           fire, kill.writing = True, writing[-1]
-    elif kill.moment == "step":
+    elif kill.moment in ("step", "sigterm"):
       # After this life's first complete checkpoint: metrics.jsonl may still hold
       # the previous life's records until the run has restored and truncated it.
       if progressed_at is None and max(complete_steps(workdir), default=0) > kill.start_step:
@@ -130,11 +137,12 @@ def _watch_and_kill(proc: subprocess.Popen, workdir: pathlib.Path, kill: Kill,
     else:
       fire = now - launched >= delay
     if fire:
-      proc.send_signal(signal.SIGKILL)
-      proc.wait()
+      proc.send_signal(signal.SIGTERM if kill.moment == "sigterm" else signal.SIGKILL)
+      kill.returncode = proc.wait(timeout)
       kill.killed, kill.at_s = True, now - launched
       return
     time.sleep(POLL_S)
+  kill.returncode = proc.returncode
 
 
 def run_with_kills(cmd: Sequence[str], workdir: pathlib.Path, moments: Sequence[str], *,
@@ -242,7 +250,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                       help="folder for the reference run, the killed run and the logs")
   parser.add_argument("--kills", type=int, default=3)
   parser.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
-  parser.add_argument("--moments", default="checkpoint,step",
+  parser.add_argument("--moments", default="checkpoint,step,sigterm",
                       help=f"comma-separated kinds of kill moment among {MOMENTS}")
   parser.add_argument("--timeout", type=float, default=1800.0,
                       help="seconds one life may run")
@@ -266,15 +274,18 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 plan(args.kills, args.seed, moments), seed=args.seed,
                                 env=env, logs=root / "logs", timeout=args.timeout)
   for i, life in enumerate(lives):
-    what = (f"killed {life.at_s:.2f} s after launch" if life.killed
-            else "finished before the kill")
+    what = (f"signalled {life.at_s:.2f} s after launch, exit {life.returncode}"
+            if life.killed else "finished before the signal")
     writing = f" while writing step {life.writing}" if life.writing is not None else ""
     print(f"life {i}: from step {life.start_step}, {life.moment} moment, {what}"
           f"{writing}; complete checkpoints after: {life.steps_after}")
   if final.returncode:
     print(f"the last life failed:\n{final.stderr}", file=sys.stderr)
     return 1
-  problems = compare_runs(reference, killed)
+  problems = [f"life {i} exited {life.returncode} after SIGTERM, not 0"
+              for i, life in enumerate(lives)
+              if life.moment == "sigterm" and life.killed and life.returncode != 0]
+  problems += compare_runs(reference, killed)
   for problem in problems:
     print(f"DIFFERENT: {problem}")
   print("identical to the uninterrupted run" if not problems else

@@ -30,6 +30,8 @@ import numpy as np
 from cnn.errors import ConfigError, exit_on_user_error
 
 KERNEL_SOURCES = ("auto", "cifar10", "mnist", "digits")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
 
 
 def _restore(workdir: str, best: bool):
@@ -59,7 +61,7 @@ def cmd_filters(args) -> pathlib.Path:
   run, state, step = _restore(args.workdir, args.best)
   name, kernel = first_conv(run, state)
   fig = visualize.filters_figure(
-      kernel, f"{run.config.model.name} {name} after {step} steps")
+      kernel, f"{run.config.model.name} {name}, step {step}")
   return visualize.save(fig, args.out or "filters.png")
 
 
@@ -94,8 +96,8 @@ def cmd_features(args) -> pathlib.Path:
   label = run.dataset.eval.example(args.image_index)[1]
   what = f"label {int(label)}" if np.ndim(label) == 0 else "segmentation input"
   fig = visualize.feature_maps_figure(
-      image[0], maps[0], f"{run.config.model.name} {args.layer} outputs, eval image "
-      f"{args.image_index} ({what})")
+      image[0], maps[0], f"{run.config.model.name} {args.layer} outputs, "
+      f"eval image {args.image_index} ({what})")
   return visualize.save(fig, args.out or "feature_maps.png")
 
 
@@ -115,8 +117,9 @@ def kernel_image(source: str, index: int, data_dir: Optional[str] = None
     raise ConfigError(f"--image-index {index} is outside the {len(ds.test)} test images "
                       f"of {source}; use 0..{len(ds.test) - 1}.")
   image, label = ds.test.example(index)
+  name = CIFAR10_CLASSES[int(label)] if source == "cifar10" else f"digit {int(label)}"
   return np.asarray(image[..., 0], np.float32) / 255.0, f"{source} test image {index} " \
-      f"(label {int(label)})"
+      f"({name})"
 
 
 def cmd_kernels(args) -> pathlib.Path:

@@ -26,11 +26,11 @@ def _value_and_grads(impl, x, kernel, cotangent, **kw):
   return y, dx, dk
 
 
-@functools.partial(jax.jit, static_argnames=("impl", "strides", "padding", "dilation",
-                                             "groups"))
-def _jitted_value_and_grads(x, kernel, cotangent, *, impl, **kw):
-  # One compilation per case and implementation is faster than op-by-op dispatch.
-  return _value_and_grads(impl, x, kernel, cotangent, **kw)
+@functools.partial(jax.jit, static_argnames=("strides", "padding", "dilation", "groups"))
+def _both(x, kernel, cotangent, **kw):
+  # One compilation per case for both implementations: faster than op-by-op dispatch.
+  return (_value_and_grads("xla", x, kernel, cotangent, **kw),
+          _value_and_grads("gemm", x, kernel, cotangent, **kw))
 
 
 def _check_against_xla(kernel_hw, strides, padding, dilation=1, groups=1,
@@ -41,8 +41,7 @@ def _check_against_xla(kernel_hw, strides, padding, dilation=1, groups=1,
   kw = dict(strides=strides, padding=padding, dilation=dilation, groups=groups)
   out_shape = jax.eval_shape(lambda: conv.conv2d(x, kernel, impl="xla", **kw)).shape
   cotangent = jax.random.normal(kc, out_shape, jnp.float32)
-  ref = _jitted_value_and_grads(x, kernel, cotangent, impl="xla", **kw)
-  got = _jitted_value_and_grads(x, kernel, cotangent, impl="gemm", **kw)
+  ref, got = _both(x, kernel, cotangent, **kw)
   for name, r, g in zip(("value", "input gradient", "kernel gradient"), ref, got):
     assert g.shape == r.shape, name
     np.testing.assert_allclose(np.asarray(g), np.asarray(r), err_msg=name, **TOL)

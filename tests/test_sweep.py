@@ -89,8 +89,10 @@ def test_cpu_preset_scales_plain_and_residual_alike(tmp_path):
     differing = config_lib.differing_keys(reference, r.config.to_dict())
     assert differing in ([], ["model.name"])
   c = runs[0].config
-  # The lr drops stay at 50 % and 75 % of the (shorter) schedule.
+  # The lr drops stay at 50 % and 75 % of the (shorter) schedule; batch and lr are the
+  # paper's.
   assert list(c.schedule.boundaries) == [c.train.steps // 2, c.train.steps * 3 // 4]
+  assert (c.train.batch_size, c.optim.learning_rate) == (128, 0.1)
 
 
 def test_plain_and_residual_twins_have_identical_parameters():
@@ -178,8 +180,11 @@ def test_local_sweep_resumes_partial_and_skips_done(tmp_path, capsys):
   assert stamps == {n: (root / n / "final.json").stat().st_mtime_ns for n in ("s0", "s1")}
 
 
-def test_submitit_local_executor_trains_a_run(tmp_path, capsys):
+def test_submitit_local_executor_trains_a_run(tmp_path, capsys, monkeypatch):
   """submitit's LocalExecutor: the run trains in a job subprocess (~10-30 s here)."""
+  # Importing submitit runs logging.config.dictConfig, which closes every existing
+  # logging handler, pytest's capturing ones included; NOCONFIG skips that.
+  monkeypatch.setenv("SUBMITIT_LOG_LEVEL", "NOCONFIG")
   pytest.importorskip("submitit")
   spec, root = tiny_spec(tmp_path, 'sweep.product({"seed": [3]})'), tmp_path / "runs"
   assert sweep_script.main([spec, "--root", str(root), "--executor", "submitit_local"]) == 0
