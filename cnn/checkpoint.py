@@ -345,7 +345,8 @@ def _free_path(path: pathlib.Path) -> pathlib.Path:
 
 
 def _first_line(error: Exception) -> str:
-  text = str(error).strip()
+  """The gist of an error for a one-line report (no tensorstore spec dumps)."""
+  text = str(error).strip().split(" [tensorstore_spec")[0]
   return text.splitlines()[0][:200] if text else type(error).__name__
 
 

@@ -473,9 +473,9 @@ def is_segmentation_run(workdir: str | pathlib.Path) -> bool:
 
 def predict(run, state, images: np.ndarray) -> np.ndarray:
   """Label maps (N, H, W) for normalised images (N, H, W, C)."""
-  logits = run.model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                           jnp.asarray(images), train=False)
-  return np.asarray(jnp.argmax(logits, -1))
+  apply = jax.jit(lambda v, x: jnp.argmax(run.model.apply(v, x, train=False), -1))
+  return np.asarray(apply({"params": state.params, "batch_stats": state.batch_stats},
+                          jnp.asarray(images, jnp.float32)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -95,7 +95,7 @@ def test_segmentation_predictions_figure(tmp_path):
   c.train.eval_batch_size = 16
   c.train.tensorboard, c.train.quiet = False, True
   c.segmentation.canvas_size, c.segmentation.max_digits = 32, 1
-  c.segmentation.train_size, c.segmentation.test_size = 16, 16
+  c.segmentation.train_size, c.segmentation.test_size = 64, 16  # as test_segmentation
   segmentation.fit(c, tmp_path / "seg")
   out = tmp_path / "seg.png"
   assert cli.main(["segmentation", "--workdir", str(tmp_path / "seg"), "--count", "2",
