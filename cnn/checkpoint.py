@@ -272,8 +272,11 @@ def _saved_shapes(manager: ocp.CheckpointManager, step: int):
 
 
 def _describe_difference(saved: dict, wanted: dict) -> str:
-  """'' if equal, else the first difference in a few words."""
-  for name in sorted(set(saved) | set(wanted)):
+  """'' if equal, else the first difference in a few words (parameters first: they
+  say most about which model it was)."""
+  order = ("params/", "batch_stats/", "opt_state/")
+  rank = lambda n: (next((i for i, p in enumerate(order) if n.startswith(p)), 3), n)
+  for name in sorted(set(saved) | set(wanted), key=rank):
     if name not in saved:
       return f"it has no array {name}"
     if name not in wanted:

@@ -33,6 +33,7 @@ def defaults() -> ml_collections.ConfigDict:
       "augment": "none",           # none | flip | cifar | imagenet
       "image_size": None,          # (H, W) to resize/crop to, or None
       "channels": None,
+      "num_classes": None,         # default: the dataset's own (or max label + 1)
   })
   c.optim = ml_collections.ConfigDict({
       "name": "momentum",          # sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw

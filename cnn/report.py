@@ -9,9 +9,9 @@ Definitions used in the report and the figures:
 
 * training error: ``train_top1_error`` of metrics.jsonl, the top-1 error of the
   augmented training batches in train mode (BN on batch statistics), averaged over
-  each logging window. The final training error averages the windows of the last
-  `FINAL_FRACTION` of the run's steps (at least one window), so that it rests on a few
-  thousand images rather than the last window's.
+  each logging window. The final training error averages the windows that end in the
+  last `FINAL_FRACTION` of the run's steps, and at least the last `FINAL_MIN_WINDOWS`
+  windows, so that it rests on a few thousand images rather than one window's.
 * evaluation error: ``eval_top1_error``, on the run's evaluation split (the test set,
   or the held-out validation images when ``data.validation_size`` > 0); the final one
   is the last evaluation. test.json, when present, holds the test error of a run that
@@ -29,16 +29,24 @@ from typing import Any, Optional, Sequence
 from cnn import metrics as metrics_lib
 
 FINAL_FRACTION = 0.05
+FINAL_MIN_WINDOWS = 2
 FAMILIES = ("plain", "resnet")
 LABELS = {"plain": "plain", "resnet": "ResNet"}
+GROUPS = {"plain": "Plain nets", "resnet": "ResNets"}
 # He et al. 2016 Table 6, CIFAR-10 test error (%) of the ResNets (option A). For
 # ResNet-110 the paper gives "6.43 (6.61 +- 0.16)": best of 5 runs (mean +- std).
 PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}
 PAPER_TABLE6_NOTE = ("He et al. 2016 Table 6 gives the ResNets' test error only (ResNet-110: "
                      "best of 5 runs, mean 6.61 +- 0.16); the plain nets appear only as "
-                     "curves in Fig. 6, where plain-56 ends with higher training and test "
-                     "error than plain-20 (roughly 10-15 % vs 6-9 % test error read off the "
-                     "figure, not a published number).")
+                     "curves in Fig. 6 (left), where both training and test error rise "
+                     "with depth from plain-20 to plain-56: no number is published for "
+                     "them.")
+# He et al. 2016 Table 2, ImageNet validation top-1 error (%), 10-crop testing.
+PAPER_TABLE2 = {("plain", 18): 27.94, ("plain", 34): 28.54, ("resnet", 18): 27.88,
+                ("resnet", 34): 25.03}
+PAPER_TABLE2_NOTE = ("He et al. 2016 Table 2 reports 10-crop top-1 error on the ImageNet "
+                     "validation set; the evaluation here is one centre crop, which is "
+                     "typically 1.5-2 points worse.")
 _NAME = re.compile(r"^(plain|resnet)(\d+)$")
 
 
@@ -117,15 +125,17 @@ def series(run: RunData, key: str) -> tuple[list[int], list[float]]:
   return steps, values
 
 
-def final_train_error(run: RunData, fraction: float = FINAL_FRACTION) -> Optional[float]:
+def final_train_error(run: RunData, fraction: float = FINAL_FRACTION,
+                      min_windows: int = FINAL_MIN_WINDOWS) -> Optional[float]:
   """Mean training error of the logging windows that end in the last `fraction` of
-  the run's steps (the last window if none does); None without any."""
+  the run's steps, and at least of the last `min_windows`; None without any."""
   steps, values = series(run, "train_top1_error")
   if not steps:
     return None
   last = steps[-1]
   cutoff = last - fraction * max(run.steps or last, 1)
-  recent = [v for s, v in zip(steps, values) if s > cutoff] or values[-1:]
+  count = max(sum(s > cutoff for s in steps), min_windows)
+  recent = values[-count:]
   return sum(recent) / len(recent)
 
 
@@ -147,6 +157,19 @@ def final_test_error(run: RunData) -> Optional[float]:
 
 def evaluates_on_validation(runs: Sequence[RunData]) -> bool:
   return any(r.config.get("data", {}).get("validation_size") for r in runs)
+
+
+def is_imagenet(runs: Sequence[RunData]) -> bool:
+  return any("imagenet" in str(r.config.get("data", {}).get("source", "")) for r in runs)
+
+
+def paper_reference(runs: Sequence[RunData]) -> tuple[str, dict[tuple[str, int], float], str]:
+  """(column title, {(family, depth): error %}, note) of the paper's numbers that
+  match the runs' dataset: Table 2 for ImageNet, else Table 6 (CIFAR-10)."""
+  if is_imagenet(runs):
+    return "paper top-1 error % (Table 2)", dict(PAPER_TABLE2), PAPER_TABLE2_NOTE
+  return ("paper test error % (Table 6)",
+          {("resnet", d): v for d, v in PAPER_TABLE6.items()}, PAPER_TABLE6_NOTE)
 
 
 @dataclasses.dataclass
@@ -223,8 +246,8 @@ def verdict(cells: Sequence[Cell], metric: str = "train") -> list[str]:
     o = ordering(cells, family, metric)
     label = LABELS[family]
     if len(o["depths"]) < 2:
-      sentences.append(f"{label} nets: fewer than two depths have a {what}; no ordering "
-                       "to check.")
+      sentences.append(f"{GROUPS[family]}: fewer than two depths have a {what}; no "
+                       "ordering to check.")
       continue
     chain = (" < " if o[expected] and expected == "rising" else
              " > " if o[expected] else ", ").join(

@@ -20,10 +20,12 @@ the metrics.
 Data (``data.source``):
 
 * ``canvas``, ``canvas:mnist``, ``canvas:digits``: a segmentation task built from real
-  digits: 1 to 3 digits (MNIST's 28x28, or scikit-learn's digits at 24x24 when MNIST
-  is absent or asked for) pasted at random, non-overlapping places on a 64x64 black
+  digits: 1 to 3 digits pasted at random, non-overlapping places on a 48x48 black
   canvas; each pixel is labelled 0 (background) or 1 + its digit's class where the
-  digit's ink is at least half the maximum (11 classes). Generated deterministically
+  digit's ink is at least half the maximum (11 classes). MNIST digits are cut to the
+  20x20 box their ink fits in (LeCun et al. size-normalised every digit to 20x20
+  before centring it by mass in 28x28), scikit-learn's digits (used when MNIST is
+  absent, or asked for) are their 24x24 upsampled scans. Generated deterministically
   from ``config.seed``; train canvases use training digits only, test canvases test
   digits only. Sizes in the config's ``segmentation`` section.
 * ``tfds:oxford_iiit_pet``: the pets with their trimaps (pet, background, border; 3
@@ -80,16 +82,17 @@ def mean_pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int,
                      weights: Optional[jax.Array] = None) -> jax.Array:
-  """(K, K) float32 counts n_ij of pixels of class i (rows) predicted as j (columns).
+  """(K, K) int32 counts n_ij of pixels of class i (rows) predicted as j (columns).
 
-  Pixels labelled < 0 are skipped; `weights` (broadcast to the labels) weighs the
-  rest (0 for the padding of the last evaluation batch).
+  Pixels labelled < 0 are skipped, and so are those of images whose entry in the 0/1
+  `weights` (one per leading index: the padding of the last evaluation batch) is 0.
+  Integer counts stay exact past float32's 2^24 (a Pets test set has ~60 M pixels).
   """
   labels = labels.astype(jnp.int32)
-  w = (labels >= 0).astype(jnp.float32)
+  w = (labels >= 0).astype(jnp.int32)
   if weights is not None:
-    w = w * jnp.broadcast_to(jnp.asarray(weights, jnp.float32).reshape(
-        weights.shape + (1,) * (labels.ndim - jnp.ndim(weights))), labels.shape)
+    keep = (jnp.asarray(weights) > 0).astype(jnp.int32)
+    w = w * keep.reshape(keep.shape + (1,) * (labels.ndim - keep.ndim))
   index = jnp.clip(labels, 0, num_classes - 1) * num_classes + jnp.clip(
       predictions.astype(jnp.int32), 0, num_classes - 1)
   counts = jnp.bincount(index.ravel(), weights=w.ravel(), length=num_classes ** 2)
@@ -170,6 +173,25 @@ def place_digits(digits: np.ndarray, classes: np.ndarray, count: int, *,
   return images[..., None], labels
 
 
+MNIST_BOX = 20     # every MNIST digit's ink fits a 20x20 box
+
+
+def ink_boxes(images: np.ndarray, box: int = MNIST_BOX) -> np.ndarray:
+  """(N, box, box) windows of (N, H, W) digits centred on each digit's ink bounding
+  box (clipped to the image), so a digit whose ink fits `box` is kept whole."""
+  n, h, w = images.shape
+  out = np.zeros((n, box, box), images.dtype)
+  rows, cols = images.any(2), images.any(1)
+  for i in range(n):
+    r, c = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
+    if len(r) == 0:
+      continue
+    top = int(np.clip((r[0] + r[-1] + 1 - box) // 2, 0, h - box))
+    left = int(np.clip((c[0] + c[-1] + 1 - box) // 2, 0, w - box))
+    out[i] = images[i, top:top + box, left:left + box]
+  return out
+
+
 def _canvas_digits(kind: str, data_dir: Optional[str]):
   """(train digits, train classes, test digits, test classes, name) for the canvas."""
   from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
@@ -179,7 +201,7 @@ def _canvas_digits(kind: str, data_dir: Optional[str]):
     kind = "canvas:mnist" if (root / "mnist").is_dir() else "canvas:digits"
   if kind == "canvas:mnist":
     ds = data_lib.load("mnist", data_dir=data_dir)
-    crop = lambda x: x[..., 0]
+    crop = lambda x: ink_boxes(x[..., 0])
   else:
     ds = data_lib.load("digits")
     crop = lambda x: x[:, 4:28, 4:28, 0]     # the 24x24 digit in its 32x32 field
@@ -187,7 +209,7 @@ def _canvas_digits(kind: str, data_dir: Optional[str]):
           kind)
 
 
-def load_canvas(source: str = "canvas", *, size: int = 64, min_digits: int = 1,
+def load_canvas(source: str = "canvas", *, size: int = 48, min_digits: int = 1,
                 max_digits: int = 3, train_size: int = 6000, test_size: int = 500,
                 seed: int = 0, data_dir: Optional[str] = None):
   """The digit-canvas segmentation task as a cnn.data Dataset (11 classes)."""
@@ -220,7 +242,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.train.best_metric = "eval_mean_iou"
   c.train.best_mode = "max"
   c.segmentation = ml_collections.ConfigDict({
-      "canvas_size": 64, "min_digits": 1, "max_digits": 3,
+      "canvas_size": 48, "min_digits": 1, "max_digits": 3,
       "train_size": 6000, "test_size": 500,
   })
   return c
@@ -265,12 +287,18 @@ def load_data(config):
 # Steps
 # ----------------------------------------------------------------------------------
 
+def _main(output):
+  """Models with auxiliary outputs return (logits, aux, ...): the first is the map."""
+  return output[0] if isinstance(output, (tuple, list)) else output
+
+
 def loss_fn(params, batch_stats, images, masks, rng, *, model, cfg):
   """Mean pixel cross-entropy + the papers' L2 term; aux = (loss, logits, stats)."""
-  from cnn import optim, train  # pylint: disable=import-outside-toplevel
-  output, new_stats = train._logits_and_stats(  # pylint: disable=protected-access
-      model, params, batch_stats, images, rng, True)
-  logits = train._main_logits(output)  # pylint: disable=protected-access
+  from cnn import optim  # pylint: disable=import-outside-toplevel
+  output, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+  new_stats = updates.get("batch_stats", batch_stats)
+  logits = _main(output)
   loss = mean_pixel_cross_entropy(logits, masks)
   return loss + optim.l2_penalty(params, cfg.weight_decay_in_loss), (loss, logits, new_stats)
 
@@ -300,10 +328,8 @@ def make_train_step(model, tx, schedule, cfg):
 
 def make_eval_step(model, num_classes: int):
   """eval_step(state, images, masks, mask) -> sums: loss, labelled pixels, confusion."""
-  from cnn import train  # pylint: disable=import-outside-toplevel
-
   def eval_step(state, images, masks, weight):
-    logits = train._main_logits(model.apply(  # pylint: disable=protected-access
+    logits = _main(model.apply(
         {"params": state.params, "batch_stats": state.batch_stats}, images, train=False))
     w = weight[:, None, None]
     masks = jnp.where(w > 0, masks, IGNORE)

@@ -188,8 +188,10 @@ def apply_update(state: TrainState, grads, new_stats, metrics, *, tx, schedule,
       metrics[f"grad_norm/{stage}"] = optax.tree.norm(trees)
   # The window of logged means lives in the state, so a resumed run logs exactly what
   # an uninterrupted one would.
+  # Skipped (non-finite) steps do not enter the means.
   fresh = state.step % cfg.log_every == 0
-  window = {k: jnp.where(fresh, 0.0, v) + (metrics[k] if k != "count" else 1.0)
+  window = {k: jnp.where(fresh, 0.0, v)
+            + jnp.where(ok, metrics[k] if k != "count" else 1.0, 0.0)
             for k, v in state.window.items()}
   new_state = new_state.replace(window=window)
   metrics["lr"] = schedule(state.step) * state.lr_scale
@@ -347,7 +349,8 @@ def build_run(config) -> Run:
   d = config.data
   dataset = data_lib.load(d.source, data_dir=d.get("data_dir"),
                           validation_size=d.get("validation_size", 0), seed=config.seed,
-                          image_size=d.get("image_size"), channels=d.get("channels"))
+                          image_size=d.get("image_size"), channels=d.get("channels"),
+                          num_classes=d.get("num_classes"))
   model = build_model(config, dataset.num_classes)
   out_size = tuple(d.image_size) if d.get("image_size") else None
   h, w, c = _example_shape(dataset.train, out_size)

@@ -103,7 +103,7 @@ def layer_order(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
 
   For LeNet-5: conv1, conv2, conv3, fc4, fc5. `input_shape` is (H, W, C) or NHWC.
   """
-  owners = set(_abstract_params(model, tuple(input_shape)).keys())
+  owners = set(_abstract_params(model, tuple(input_shape)[-3:]).keys())
   seen: list[str] = []
   for path in _call_order(model, tuple(input_shape)[-3:]):
     if path[0] in owners and path[0] not in seen:
@@ -238,7 +238,7 @@ def wrap_optimizer(tx: optax.GradientTransformation, config, model: nn.Module,
   reinit = reinit_pattern(t["reinit"], head)
   labels = functools.partial(param_labels, reinit=reinit, freeze=t["freeze"],
                              frozen_layers=tuple(order[:t["freeze_depth"]]))
-  labels(_abstract_params(model, tuple(input_shape)))  # conflicts surface here, not later
+  labels(_abstract_params(model, tuple(input_shape)[-3:]))  # conflicts surface here
   return make_optimizer(tx, labels, float(t["backbone_lr"]))
 
 

@@ -6,7 +6,7 @@ Writes <out>.png and <out>.pdf: left panel the plain nets, right panel the ResNe
 colour per depth, training error dashed (the logged train_top1_error: augmented batches
 in train mode, averaged over each logging window) and evaluation error solid
 (eval_top1_error: test, or validation for runs with data.validation_size), against
-iterations, as in the paper's figure. Also <out dir>/grad_norms.png (and .pdf):
+iterations, as in the paper's figure; dotted vertical lines mark the learning-rate drops. Also <out dir>/grad_norms.png (and .pdf):
 the gradient norm of each stage (grad_norm/stage1..3, plus the stem conv1 and the
 head) of the plain net and the ResNet of one depth (--grad_depth, default the
 deepest that both families have), the "why plain nets degrade" view.
@@ -40,11 +40,19 @@ def _mean_curve(runs, key):
   return steps, [sum(p[s] for p in per_run) / len(per_run) for s in steps]
 
 
+def _lr_drops(runs) -> list[int]:
+  """The piecewise schedule's boundaries, when all `runs` share them (dotted lines)."""
+  found = {tuple(r.config.get("schedule", {}).get("boundaries", []) or ())
+           for r in runs if r.config.get("schedule", {}).get("name") == "piecewise"}
+  return list(found.pop()) if len(found) == 1 else []
+
+
 def plot_fig6(runs, out: pathlib.Path, *, title: str = "") -> list[pathlib.Path]:
   """Fig. 6: plain | ResNet panels; writes <out>.png and <out>.pdf."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.lines import Line2D
   from cnn import report
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
   top = 0.0
@@ -52,7 +60,9 @@ def plot_fig6(runs, out: pathlib.Path, *, title: str = "") -> list[pathlib.Path]
     members = [r for r in runs if r.family == family]
     depths = sorted({r.depth for r in members})
     for i, depth in enumerate(depths):
-      group = [r for r in members if r.depth == depth]
+      group = [r for r in members if r.depth == depth and r.rows]
+      if not group:
+        continue
       color = _color(depth, i)
       n = f" ({len(group)} seeds)" if len(group) > 1 else ""
       steps, values = _mean_curve(group, "train_top1_error")
@@ -63,13 +73,19 @@ def plot_fig6(runs, out: pathlib.Path, *, title: str = "") -> list[pathlib.Path]
               marker="o" if len(steps) < 30 else None, markersize=3,
               label=f"{report.LABELS[family]}-{depth}{n}")
       top = max([top] + [100 * v for v in values])
-    ax.set_title(f"{report.LABELS[family]} nets" if members else
-                 f"{report.LABELS[family]} nets (no runs)")
+    for boundary in _lr_drops(members):
+      ax.axvline(boundary, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_title(report.GROUPS[family] if members else f"{report.GROUPS[family]} (no runs)")
     ax.set_xlabel("iterations")
     ax.grid(alpha=0.3)
-    if members:
-      ax.legend(loc="upper right", fontsize=8)
   evals = "validation" if report.evaluates_on_validation(runs) else "test"
+  for ax in axes:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:   # the line styles once more, in black, under the depths
+      handles += [Line2D([], [], color="black", linestyle="--", linewidth=1.0),
+                  Line2D([], [], color="black", linestyle="-", linewidth=1.8)]
+      labels += ["training", evals]
+      ax.legend(handles, labels, loc="upper right", fontsize=8)
   axes[0].set_ylabel(f"error (%): dashed training, solid {evals}")
   axes[0].set_ylim(0, min(100, max(20, top * 1.05)))
   fig.suptitle(title or "Plain vs residual nets on CIFAR-10 (He et al. 2016, Fig. 6)")

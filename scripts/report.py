@@ -32,31 +32,36 @@ def render(runs, root: str) -> str:
   steps = sorted({r.steps for r in runs})
   widths = sorted({r.config.get("model", {}).get("width", "default") for r in runs},
                   key=str)
+  dataset = sorted({str(r.config.get("data", {}).get("source", "?")) for r in runs})
   lines = [f"# Degradation study: plain vs residual nets ({root})", ""]
-  lines.append(f"{len(runs)} runs, {sum(r.done for r in runs)} finished; configured "
+  lines.append(f"Data {', '.join(dataset)}; {len(runs)} runs, {sum(r.done for r in runs)} "
+               f"finished; configured "
                f"steps {', '.join(map(str, steps))}; model width {', '.join(map(str, widths))}"
                f"; evaluation split: {'held-out validation' if on_val else 'test'}.")
   lines.append("")
   header = ["model", "runs (done)", "last step", "train error %", ]
   header += ["val error %", "test error %"] if on_val else ["test error %"]
-  header += ["paper test error % (Table 6)"]
+  paper_title, paper_values, paper_note = report.paper_reference(runs)
+  header += [paper_title]
   lines.append("| " + " | ".join(header) + " |")
   lines.append("|" + "---|" * len(header))
   for c in cells:
     row = [f"{report.LABELS[c.family]}-{c.depth}", f"{c.n} ({c.done})", str(c.steps),
            _cell(*c.train)]
     row += [_cell(*c.eval), _cell(*c.test)] if on_val else [_cell(*c.eval)]
-    paper = report.PAPER_TABLE6.get(c.depth) if c.family == "resnet" else None
-    row.append(f"{paper:.2f}" if paper is not None else "(only plotted)")
+    paper = paper_values.get((c.family, c.depth))
+    row.append(f"{paper:.2f}" if paper is not None else
+               "(only plotted)" if c.family == "plain" else "n/a")
     lines.append("| " + " | ".join(row) + " |")
   lines.append("")
   lines.append(f"Errors in %, mean ± sample std over seeds (no ± with one run). Training "
                f"error: the logged train-mode error on augmented batches, averaged over "
-               f"the last {100 * report.FINAL_FRACTION:.0f} % of the steps. "
-               + ("Validation error: the last evaluation on the 5k held-out training "
-                  "images; test error: the final checkpoint on the 10k test images. "
-                  if on_val else "Test error: the last evaluation on the 10k test images. ")
-               + report.PAPER_TABLE6_NOTE)
+               f"the logging windows of the last {100 * report.FINAL_FRACTION:.0f} % of "
+               f"the steps (at least the last {report.FINAL_MIN_WINDOWS}). "
+               + ("Validation error: the last evaluation on the held-out training "
+                  "images; test error: the final checkpoint on the test split. "
+                  if on_val else "Test error: the last evaluation on the test split. ")
+               + paper_note)
   lines.append("")
   lines.append("## Does the degradation ordering hold?")
   lines.append("")

@@ -11,7 +11,7 @@ on a pre-emptible machine. The moments are of four kinds:
 
 * ``checkpoint``: the instant a checkpoint write starts (orbax's temporary directory
   appears), i.e. with a half-written checkpoint on disk;
-* ``step``: a random delay (up to 0.3 s) after the life's first new checkpoint is
+* ``step``: a random delay (up to 0.2 s) after the life's first new checkpoint is
   complete, usually mid-step;
 * ``startup``: a random delay after the launch (imports, compilation, restore);
 * ``sigterm``: like ``step`` but a SIGTERM (a pre-emption notice): the run must write
@@ -108,10 +108,11 @@ def _launch(cmd: Sequence[str], log: pathlib.Path, env) -> subprocess.Popen:
 
 def _watch_and_kill(proc: subprocess.Popen, workdir: pathlib.Path, kill: Kill,
                     rng: random.Random, timeout: float) -> None:
-  """Waits for the moment `kill.moment` and sends SIGKILL (unless the run ends first)."""
+  """Waits for the moment `kill.moment` and sends SIGKILL, or SIGTERM for "sigterm"
+  (unless the run ends first)."""
   launched = time.monotonic()
   nth_write = rng.choice((1, 2))   # kill during this life's first or second new write
-  delay = {"step": rng.uniform(0.0, 0.3), "sigterm": rng.uniform(0.0, 0.3),
+  delay = {"step": rng.uniform(0.0, 0.2), "sigterm": rng.uniform(0.0, 0.2),
            "startup": rng.uniform(0.5, 4.0)}.get(kill.moment, 0.0)
   progressed_at = None
   stale = set(temporary_dirs(workdir))   # left by the previous life's kill
@@ -148,7 +149,7 @@ def _watch_and_kill(proc: subprocess.Popen, workdir: pathlib.Path, kill: Kill,
 def run_with_kills(cmd: Sequence[str], workdir: pathlib.Path, moments: Sequence[str], *,
                    seed: int = 0, env=None, logs: Optional[pathlib.Path] = None,
                    timeout: float = 600.0) -> tuple[list[Kill], subprocess.CompletedProcess]:
-  """Runs `cmd` (which trains into `workdir`) once per moment, SIGKILLing it then, and
+  """Runs `cmd` (which trains into `workdir`) once per moment, signalling it then, and
   a last time to the end. Returns the lives and the final process."""
   rng = random.Random(seed)
   logs = logs or workdir.parent / "logs"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
       print(f"sweep {args.spec} under {root}:")
       print(sweep.format_plan(runs))
       return 0
+    if args.executor == "slurm" and shutil.which("srun") is None:
+      raise ConfigError("--executor slurm needs a SLURM cluster (no srun on the PATH); use "
+                        "--executor local, subprocess or submitit_local on this machine.")
     sweep.write_plan(root, args.spec, runs, overrides)
     unit_list = sweep.units(runs, vmap_seeds=args.vmap_seeds)
     skipped = len(runs) - sum(len(u) for u in unit_list)

@@ -75,8 +75,9 @@ def _snapshot(root: pathlib.Path) -> dict[str, str]:
 # ----------------------------------------------------------------------------------
 # The table: (id, extra arguments, words the message must contain)
 # ----------------------------------------------------------------------------------
-# Arguments may hold {data} (the shard folder), {work} (a fresh workdir path) and
-# {run} (the finished run). `--config` defaults to the LeNet-5 digits experiment.
+# Arguments may hold {data} (the shard folder) and {run} (the finished run). The
+# config is the LeNet-5 digits experiment and the workdir a fresh path unless a row
+# names its own --config or --workdir.
 
 CASES = [
     # Names that no registry knows, each answered with the valid choices.
@@ -180,7 +181,7 @@ CASES = [
 def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(
     case, args, needles, data, request, tmp_path, capfd):
   run = request.getfixturevalue("finished_run") if any("{run}" in a for a in args) else None
-  fill = lambda a: a.format(data=data, work=tmp_path / "w", run=run)
+  fill = lambda a: a.format(data=data, run=run)
   args = [fill(a) for a in args]
   argv = ["--config", CONFIG, "--workdir", str(tmp_path / "w"), *TINY]
   for flag in ("--config", "--workdir"):

@@ -90,31 +90,46 @@ def test_matches_xla_groups(kernel_hw, strides, padding, groups, in_ch, out_ch):
 
 
 def _count_convolutions(fn, *args):
-  jaxpr = jax.make_jaxpr(fn)(*args)
-  text = str(jaxpr)
-  return text.count("conv_general_dilated[")
+  return str(jax.make_jaxpr(fn)(*args)).count("conv_general_dilated[")
 
 
-def test_weight_gradient_uses_no_convolution():
-  """XLA's version of a 3x3 layer's forward+backward is three convolutions (forward,
-  input gradient, weight gradient); "gemm" keeps only the first two."""
-  x = jnp.ones((2, 8, 8, 3))
-  kernel = jnp.ones((3, 3, 3, 5))
-
-  def loss(impl):
-    return jax.grad(lambda x_, k_: conv.conv2d(x_, k_, impl=impl).sum(), argnums=(0, 1))
-
-  assert _count_convolutions(loss("xla"), x, kernel) == 3
-  assert _count_convolutions(loss("gemm"), x, kernel) == 2
-
-
-def test_one_by_one_uses_no_convolution():
-  """A 1x1 layer is a matrix product in all three passes."""
+def test_one_by_one_is_matrix_products():
+  """A 1x1 layer is a matrix product in all three passes: no convolution at all."""
   x = jnp.ones((2, 8, 8, 3))
   kernel = jnp.ones((1, 1, 3, 5))
   grad = jax.grad(lambda x_, k_: conv.conv2d(x_, k_, strides=2, impl="gemm").sum(),
                   argnums=(0, 1))
   assert _count_convolutions(grad, x, kernel) == 0
+  assert _count_convolutions(grad, x, jnp.ones((3, 3, 3, 5))) == 3
+
+
+def test_forward_mode_and_single_argument_gradients_match_xla():
+  """The rule is a custom_jvp: jvp works, and so do gradients with respect to only the
+  input or only the kernel (the other tangent is a symbolic zero)."""
+  kx, kk, kt, ku = jax.random.split(jax.random.key(3), 4)
+  x = jax.random.normal(kx, (2, 7, 7, 3))
+  kernel = jax.random.normal(kk, (3, 3, 3, 4))
+  dx = jax.random.normal(kt, x.shape)
+  dk = jax.random.normal(ku, kernel.shape)
+
+  def results(impl, x, kernel, dx, dk):
+    def f(x_, k_):
+      return conv.conv2d(x_, k_, strides=2, padding=1, impl=impl)
+    return (jax.jvp(f, (x, kernel), (dx, dk)),
+            jax.grad(lambda x_: f(x_, kernel).sum())(x),
+            jax.grad(lambda k_: f(x, k_).sum())(kernel))
+
+  both = jax.jit(lambda *a: (results("xla", *a), results("gemm", *a)))
+  ref, got = both(x, kernel, dx, dk)
+  for r, g in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)
+
+
+def test_materialize_is_identity():
+  x = jnp.array([[-0.0, 1.5], [jnp.nan, -2.0]])
+  np.testing.assert_array_equal(np.asarray(conv_gemm.materialize(x)), np.asarray(x))
+  np.testing.assert_array_equal(
+      np.asarray(jax.jit(conv_gemm.materialize)(x[::-1])), np.asarray(x[::-1]))
 
 
 class _TwoConvNet(nn.Module):

@@ -151,3 +151,30 @@ def test_plot_and_report_refuse_an_empty_root(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: No plain or ResNet runs") and err.count("\n") == 1
+
+
+def test_imagenet_runs_are_compared_with_table2(tmp_path):
+  for model, end in (("plain18", 0.30), ("plain34", 0.31), ("resnet18", 0.30),
+                     ("resnet34", 0.27)):
+    workdir = write_run(tmp_path, model, 0, train_end=(end, end), eval_end=end)
+    config = json.loads((workdir / "config.json").read_text())
+    config["data"]["source"] = "tfds:imagenet2012"
+    (workdir / "config.json").write_text(json.dumps(config))
+  text = report_script.render(report.load_runs(tmp_path), str(tmp_path))
+  # He et al. Table 2: plain-18 27.94, plain-34 28.54, ResNet-18 27.88, ResNet-34 25.03.
+  assert "paper top-1 error % (Table 2)" in text
+  assert "| plain-34 | 1 (1) | 1000 | 31.00 | 31.00 | 28.54 |" in text
+  assert "| ResNet-34 | 1 (1) | 1000 | 27.00 | 27.00 | 25.03 |" in text
+
+
+def test_final_training_error_uses_at_least_two_windows(tmp_path):
+  # 200 steps logged every 10: the last 5 % (10 steps) hold one window, so the last
+  # two count: windows ending at 190 (0.40) and 200 (0.30) -> 0.35.
+  workdir = tmp_path / "plain20_s0"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps({"model": {"name": "plain20"},
+                                                   "train": {"steps": 200}}))
+  rows = [{"step": s, "train_top1_error": 0.5} for s in range(10, 181, 10)]
+  rows += [{"step": 190, "train_top1_error": 0.40}, {"step": 200, "train_top1_error": 0.30}]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert report.final_train_error(report.read_run(workdir)) == pytest.approx(0.35)

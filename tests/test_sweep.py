@@ -1,7 +1,6 @@
 """Sweeps: grid expansion and naming, the dry-run plan, skip/resume, submitit."""
 import json
 import pathlib
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -152,6 +151,17 @@ def test_file_without_get_sweep_and_only_without_match(tmp_path, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_slurm_without_a_cluster_is_one_sentence(tmp_path, capsys):
+  import shutil
+  if shutil.which("srun"):
+    pytest.skip("a SLURM cluster is here")
+  with pytest.raises(SystemExit) as e:
+    sweep_script.main([tiny_spec(tmp_path), "--root", str(tmp_path / "r"),
+                       "--executor", "slurm"])
+  assert e.value.code == 2 and "needs a SLURM cluster" in capsys.readouterr().err
+  assert not (tmp_path / "r").exists()      # refused before writing anything
+
+
 def _config(spec, seed):
   return config_lib.load(spec, [f"seed={seed}"])
 
@@ -192,3 +202,23 @@ def test_submitit_local_executor_trains_a_run(tmp_path, capsys, monkeypatch):
   assert "submitted s3: job" in out and "s3: done" in out
   assert json.loads((root / "s3" / "final.json").read_text())["step"] == 4
   assert list((root / "submitit").glob("*_result.pkl"))
+
+
+def test_imagenet_variant_pairs_plain_and_residual_18_34(tmp_path):
+  runs = sweep.plan(str(REPO / "experiments" / "degradation_imagenet.py"), tmp_path)
+  assert [r.name for r in runs] == ["plain18_s0", "resnet18_s0", "plain34_s0",
+                                    "resnet34_s0"]
+  c = runs[0].config
+  # He et al. section 3.4: batch 256, lr 0.1 /10 on plateau, wd 1e-4, momentum 0.9,
+  # 60e4 iterations; Table 2's ResNets use option A.
+  assert (c.train.batch_size, c.optim.learning_rate, c.optim.weight_decay,
+          c.optim.momentum, c.train.steps) == (256, 0.1, 1e-4, 0.9, 600_000)
+  assert (c.schedule.name, c.schedule.factor, c.model.shortcut) == ("plateau", 0.1, "A")
+  assert c.data.source == "tfds:imagenet2012"
+
+  def shapes(name):   # abstract init only: no ImageNet-size computation
+    model = models.create(name, num_classes=1000, shortcut="A")
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                                  jnp.zeros((1, 224, 224, 3)), train=False))
+    return jax.tree.map(lambda x: x.shape, variables)
+  assert shapes("plain34") == shapes("resnet34")

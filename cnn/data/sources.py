@@ -325,7 +325,7 @@ def _check_labels(name: str, what: str, split: Optional[Split], num_classes: int
   if lo < 0 or hi >= num_classes:
     raise ConfigError(
         f"{name}: {what} labels span [{lo}, {hi}] but must lie in [0, {num_classes}); "
-        f"fix the labels or pass num_classes={hi + 1}.")
+        f"fix the labels or set data.num_classes={hi + 1}.")
 
 
 # ----------------------------------------------------------------------------------

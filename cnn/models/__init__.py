@@ -83,7 +83,8 @@ def create(name: str, **kwargs: Any) -> nn.Module:
   try:
     return entry.build(**kwargs)
   except TypeError as e:
-    raise ConfigError(f"Model {name!r} does not accept these arguments: {e}.") from None
+    raise ConfigError(f"Model {name!r} does not accept these arguments ({e}); remove or "
+                      f"rename the model.* keys (see {entry.family} in cnn/models/).") from None
 
 
 def output_shape(model: nn.Module, input_shape: tuple[int, ...], *,
