@@ -10,6 +10,12 @@ and prints one JSON object: images per second as the median over several timed
 windows after warm-up, the step time, the compile time, the peak memory, the backend
 and the device.
 
+The step is self-contained (`make_benchmark_step`) so that it matches the PyTorch
+reference op for op; `cnn.train.make_train_step` adds the non-finite guards and the
+metric windows of real runs on top of the same forward and backward pass.
+
+The peak memory is the process's (both contenders with ``--conv_impl all``).
+
 Run-to-run noise on a shared CPU is +-10-15 %, so comparisons are made inside one
 process with the contenders' windows alternated A/B/A/B: ``--conv_impl all`` for
 XLA's convolution against "gemm" (`cnn.conv_gemm`), ``--vs torch`` against the same
@@ -19,7 +25,6 @@ window whenever it is told to). Ratios are per adjacent pair, then the median.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import json
 import os
@@ -40,6 +45,9 @@ from cnn import conv, models
 from cnn.errors import ConfigError, exit_on_user_error
 
 CONV_IMPLS = ("xla", "gemm", "auto", "all")
+# The models scripts/torch_reference.py rebuilds in PyTorch.
+TORCH_MODELS = ("lenet5", "plain20", "plain56", "resnet20", "resnet32", "resnet44",
+                "resnet56")
 # The pair `--conv_impl all` alternates.
 COMPARED_IMPLS = ("xla", "gemm")
 
@@ -140,6 +148,10 @@ class TorchRunner:
   """scripts/torch_reference.py in a subprocess: one timed window per request."""
 
   def __init__(self, model_name: str, batch: int, steps: int, threads: int):
+    if model_name not in TORCH_MODELS:
+      raise ConfigError(
+          f"--vs torch has no PyTorch version of {model_name!r}; use one of "
+          f"{', '.join(TORCH_MODELS)} or leave out --vs torch.")
     if importlib.util.find_spec("torch") is None:
       raise ConfigError(
           "--vs torch needs PyTorch, which is not installed; install it with "

@@ -1,7 +1,9 @@
 """The "gemm" convolution against XLA's: values and both gradients over a grid of
 kernel sizes, strides, paddings, dilations and groups, and a jitted two-conv network."""
 import functools
+import importlib.util
 import itertools
+import json
 
 import flax.linen as nn
 import jax
@@ -182,3 +184,35 @@ def test_explicit_padding_matches_xla_same_rule():
       (2, 2), (2, 2))
   assert conv_gemm.explicit_padding((9, 9), (3, 3), (1, 1), "VALID", (1, 1)) == (
       (0, 0), (0, 0))
+
+
+# ----------------------------------------------------------------------------------
+# scripts/benchmark.py
+# ----------------------------------------------------------------------------------
+
+def test_benchmark_alternates_xla_and_gemm(capsys):
+  from scripts import benchmark
+  benchmark.main(["--model", "lenet5", "--batch", "4", "--steps", "1", "--windows", "2",
+                  "--warmup", "1", "--conv_impl", "all"])
+  report = json.loads(capsys.readouterr().out)
+  assert [r["impl"] for r in report["results"]] == ["xla", "gemm"]
+  for result in report["results"]:
+    # LeNet-5 on 32x32x1: conv1 6*(25+1)=156, conv2 16*(150+1)=2416,
+    # conv3 120*(400+1)=48120, fc4 84*(120+1)=10164, fc5 10*(84+1)=850 -> 61,706.
+    assert result["params"] == 61706
+    assert len(result["windows_img_per_s"]) == 2
+    assert result["img_per_s"] > 0 and result["compile_s"] > 0
+  assert len(report["ratio_gemm_over_xla"]["per_pair"]) == 2
+  assert report["backend"] == "cpu" and report["peak_rss_mib"] > 0
+
+
+def test_benchmark_vs_torch_without_torch_exits_2(monkeypatch, capsys):
+  from scripts import benchmark
+  real_find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
+  with pytest.raises(SystemExit) as exit_info:
+    benchmark.main(["--model", "resnet20", "--vs", "torch"])
+  assert exit_info.value.code == 2
+  message = capsys.readouterr().err.strip()
+  assert "needs PyTorch" in message and message.count("\n") == 0
