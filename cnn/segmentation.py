@@ -238,7 +238,8 @@ def defaults() -> ml_collections.ConfigDict:
   from cnn import config as config_lib  # pylint: disable=import-outside-toplevel
   c = config_lib.defaults()
   c.data.source = "canvas"
-  c.model = ml_collections.ConfigDict({"name": "unet", "width": 8, "depth": 3})
+  c.model = ml_collections.ConfigDict({"name": "unet", "width": 16, "depth": 2,
+                                       "batch_norm": True})
   c.train.best_metric = "eval_mean_iou"
   c.train.best_mode = "max"
   c.segmentation = ml_collections.ConfigDict({

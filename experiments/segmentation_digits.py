@@ -1,34 +1,45 @@
 """U-Net on digits pasted on a canvas: an 11-class segmentation task built offline.
 
     python -m cnn.segmentation --config experiments/segmentation_digits.py --workdir runs/seg
+    python -m scripts.visualize segmentation --workdir runs/seg --out seg.png
 
 1 to 3 real digits (MNIST, or scikit-learn's digits without it) at random places on a
-64x64 canvas; every pixel is background (0) or 1 + its digit's class (see
-cnn/segmentation.py). A small U-Net (width 8, 3 poolings: 8-16-32-64 channels) with
-Adam. Preset ``fcn8s``: FCN-8s on a narrow VGG-16 backbone instead.
+48x48 canvas; every pixel is background (0) or 1 + its digit's class (see
+cnn/segmentation.py). A small U-Net (width 16, 2 poolings: 16-32-64 channels, batch
+norm, 0.12 M parameters) with Adam and a cosine schedule, 600 steps of 32 canvases:
+mean IU 77.5 % on the 500 test canvases (pixel accuracy 98.8 %), about 4 CPU-minutes
+on 2 cores. With width 8 and 3 poolings the top of the decoder has only 8 channels
+for 11 classes, and after 1,000 steps half the digit classes were still never
+predicted (mean IU 34.6 %).
+
+Preset ``fcn8s``: FCN-8s on a narrow VGG-16 backbone (width 8) instead; its finest
+scores are at 1/8 of the resolution (6x6 maps for a 48x48 canvas), upsampled 8x.
 """
+import ml_collections
+
 from cnn import segmentation
+from cnn.errors import unknown_choice
 
 
 def get_config(preset: str = ""):
   c = segmentation.defaults()
   c.data.source = "canvas"            # canvas:mnist when ../shared/data/mnist exists
-  c.model.name = "unet"
-  c.model.width = 8
-  c.model.depth = 3
+  c.model = ml_collections.ConfigDict(
+      {"name": "unet", "width": 16, "depth": 2, "batch_norm": True})
   c.optim.name = "adam"
-  c.optim.learning_rate = 3e-3
+  c.optim.learning_rate = 1e-2
   c.schedule.name = "cosine"
   c.train.batch_size = 32
   c.train.steps = 600
   c.train.log_every = 50
   c.train.eval_every = 200
   c.train.eval_batch_size = 100
+  c.segmentation.canvas_size = 48
   c.segmentation.train_size = 6000
   c.segmentation.test_size = 500
   if preset == "fcn8s":
-    c.model = type(c.model)({"name": "fcn8s", "width": 8, "dropout": 0.0})
+    c.model = ml_collections.ConfigDict({"name": "fcn8s", "width": 8, "dropout": 0.0})
+    c.optim.learning_rate = 1e-3
   elif preset:
-    from cnn.errors import unknown_choice
     raise unknown_choice("preset of segmentation_digits", preset, ["fcn8s"])
   return c

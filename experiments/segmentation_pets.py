@@ -9,7 +9,10 @@ nearest) and the trimap values 1, 2, 3 become classes 0, 1, 2 (cnn.data). The
 U-Net has batch norm and width 32; random horizontal flips move image and mask
 together. Preset ``fcn8s``: FCN-8s with a full-width VGG-16 backbone.
 """
+import ml_collections
+
 from cnn import segmentation
+from cnn.errors import unknown_choice
 
 
 def get_config(preset: str = ""):
@@ -30,9 +33,8 @@ def get_config(preset: str = ""):
   c.train.eval_every = 1000
   c.train.eval_batch_size = 64
   if preset == "fcn8s":
-    c.model = type(c.model)({"name": "fcn8s", "width": 64})
+    c.model = ml_collections.ConfigDict({"name": "fcn8s", "width": 64})
     c.optim.learning_rate = 1e-4
   elif preset:
-    from cnn.errors import unknown_choice
     raise unknown_choice("preset of segmentation_pets", preset, ["fcn8s"])
   return c

@@ -159,8 +159,14 @@ class TorchRunner:
     cmd = [sys.executable, "-m", "scripts.torch_reference", "--model", model_name,
            "--batch", str(batch), "--steps", str(steps), "--threads", str(threads),
            "--serve"]
+    # OpenMP threads that spin while waiting collapse PyTorch's throughput 5-10x when
+    # other processes share the cores (measured on the 2-core dev box: ResNet-20
+    # ~20-50 img/s instead of ~250 with passive waiting). On an idle machine spinning
+    # may be a little faster: run with OMP_WAIT_POLICY=ACTIVE to compare; a value
+    # already in the environment is kept.
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True, cwd=os.path.dirname(os.path.dirname(
+                                 text=True, env=env, cwd=os.path.dirname(os.path.dirname(
                                      os.path.abspath(__file__))))
     self.info = self._read()   # the reference reports itself once it is warmed up
     self.windows: list[float] = []

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -165,7 +166,8 @@ def main(argv=None) -> None:
     trainer.step()
   info = {"framework": "torch", "version": torch.__version__, "model": args.model,
           "batch": args.batch, "params": trainer.params, "threads": torch.get_num_threads(),
-          "memory_format": "channels_last"}
+          "memory_format": "channels_last",
+          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
   if args.serve:
     print(json.dumps(info), flush=True)
     for line in sys.stdin:

@@ -106,8 +106,9 @@ def test_one_by_one_is_matrix_products():
 
 
 def test_forward_mode_and_single_argument_gradients_match_xla():
-  """The rule is a custom_jvp: jvp works, and so do gradients with respect to only the
-  input or only the kernel (the other tangent is a symbolic zero)."""
+  """The rule is a custom_jvp: jvp and forward-over-reverse (Hessian-vector products)
+  work, and so do gradients with respect to only the input or only the kernel (the
+  other tangent is a symbolic zero)."""
   kx, kk, kt, ku = jax.random.split(jax.random.key(3), 4)
   x = jax.random.normal(kx, (2, 7, 7, 3))
   kernel = jax.random.normal(kk, (3, 3, 3, 4))
@@ -117,9 +118,12 @@ def test_forward_mode_and_single_argument_gradients_match_xla():
   def results(impl, x, kernel, dx, dk):
     def f(x_, k_):
       return conv.conv2d(x_, k_, strides=2, padding=1, impl=impl)
+    def curved(k_):
+      return jnp.sum(jnp.tanh(f(x, k_)))
     return (jax.jvp(f, (x, kernel), (dx, dk)),
             jax.grad(lambda x_: f(x_, kernel).sum())(x),
-            jax.grad(lambda k_: f(x, k_).sum())(kernel))
+            jax.grad(lambda k_: f(x, k_).sum())(kernel),
+            jax.jvp(jax.grad(curved), (kernel,), (dk,))[1])   # Hessian-vector product
 
   both = jax.jit(lambda *a: (results("xla", *a), results("gemm", *a)))
   ref, got = both(x, kernel, dx, dk)
