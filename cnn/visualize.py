@@ -176,7 +176,8 @@ def structure_blocks(rows) -> list[dict]:
 
 
 def structure_figure(rows, title: str = "model") -> Figure:
-  """A top-to-bottom block diagram of a cnn.summary row list."""
+  """A top-to-bottom block diagram of a cnn.summary row list, in execution order
+  (skip connections and branches are not drawn)."""
   from cnn import summary  # pylint: disable=import-outside-toplevel
   blocks = structure_blocks(rows)
   height = len(blocks) * BLOCK_H + TITLE

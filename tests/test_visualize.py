@@ -89,9 +89,11 @@ def test_structure_diagram_and_markdown_of_lenet5(tmp_path):
 def test_segmentation_predictions_figure(tmp_path):
   c = segmentation.defaults()
   c.data.source = "canvas:digits"
+  # The programs of tests/test_segmentation.py's tiny run (shared compilation cache).
   c.model.width, c.model.depth = 4, 2
-  c.train.batch_size, c.train.steps = 16, 1
-  c.train.log_every = c.train.eval_every = 1
+  c.optim.name, c.optim.learning_rate = "adam", 1e-2
+  c.train.batch_size, c.train.steps = 16, 2
+  c.train.log_every = c.train.eval_every = 2
   c.train.eval_batch_size = 16
   c.train.tensorboard, c.train.quiet = False, True
   c.segmentation.canvas_size, c.segmentation.max_digits = 32, 1
