@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import pathlib
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib import colors as mcolors
