@@ -212,6 +212,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.seed must be an int, got {config.seed!r}.")
 
 
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+  """A saved config.json read as a full config: keys added to `defaults()` since it
+  was written take their default values (so old runs stay resumable)."""
+  full = defaults().to_dict()
+  for section, values in saved.items():
+    if isinstance(values, dict) and isinstance(full.get(section), dict):
+      full[section] = {**full[section], **values}
+    else:
+      full[section] = values
+  return full
+
+
 def differing_keys(saved: dict[str, Any], current: dict[str, Any],
                    prefix: str = "") -> list[str]:
   """Dotted keys whose values differ between two config dicts (ignoring the keys a

@@ -469,7 +469,8 @@ def check_workdir(workdir: pathlib.Path, config, *, overwrite: bool = False,
     except (OSError, ValueError):
       raise ConfigError(f"{saved} is unreadable; use another --workdir, or --overwrite "
                         "to start afresh there.") from None
-    differing = config_lib.differing_keys(previous, config.to_dict())
+    differing = config_lib.differing_keys(config_lib.with_defaults(previous),
+                                          config_lib.with_defaults(config.to_dict()))
     if differing:
       raise ConfigError(
           f"{workdir} holds a run with a different configuration "
