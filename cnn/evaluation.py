@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
 
@@ -20,19 +20,23 @@ def load_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(saved.read_text()))
 
 
-def restore_state(workdir: pathlib.Path, *, best: bool = False):
-  """(run, state, step) of a workdir's latest (or best) checkpoint."""
+def restore_state(workdir: pathlib.Path, *, best: bool = False,
+                  build_run: Callable = train.build_run, trainer: str = "scripts.train"):
+  """(run, state, step) of a workdir's latest (or best) checkpoint; `build_run` makes
+  the run from its saved config (segmentation runs pass their own)."""
+  workdir = pathlib.Path(workdir)
   config = load_run_config(workdir)
-  run = train.build_run(config)
+  run = build_run(config)
   state, shardings = train.init_state(run)
   checkpointer = ckpt_lib.Checkpointer(workdir, best_metric=config.train.get("best_metric"),
+                                       best_mode=config.train.get("best_mode", "min"),
                                        read_only=True)
   abstract = ckpt_lib.abstract_like(state, shardings)
   step, restored = (checkpointer.restore_best(abstract) if best
                     else checkpointer.restore_latest(abstract))
   if restored is None:
     raise ConfigError(f"{workdir} has no readable {'best ' if best else ''}checkpoint; "
-                      "train first with scripts.train.")
+                      f"train first with python -m {trainer}.")
   return run, restored, step
 
 

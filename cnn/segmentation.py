@@ -475,21 +475,9 @@ def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False) -> dict
 
 def restore_state(workdir: str | pathlib.Path, *, best: bool = False):
   """(run, state, step) of a segmentation workdir's latest (or best) checkpoint."""
-  from cnn import checkpoint as ckpt_lib, evaluation, train  # pylint: disable=import-outside-toplevel
-  workdir = pathlib.Path(workdir)
-  config = evaluation.load_run_config(workdir)
-  run = build_run(config)
-  state, shardings = train.init_state(run)
-  checkpointer = ckpt_lib.Checkpointer(workdir, best_metric=config.train.get("best_metric"),
-                                       best_mode=config.train.get("best_mode", "max"),
-                                       read_only=True)
-  abstract = ckpt_lib.abstract_like(state, shardings)
-  step, restored = (checkpointer.restore_best(abstract) if best
-                    else checkpointer.restore_latest(abstract))
-  if restored is None:
-    raise ConfigError(f"{workdir} has no readable {'best ' if best else ''}checkpoint; "
-                      "train first with python -m cnn.segmentation.")
-  return run, restored, step
+  from cnn import evaluation  # pylint: disable=import-outside-toplevel
+  return evaluation.restore_state(pathlib.Path(workdir), best=best, build_run=build_run,
+                                  trainer="cnn.segmentation")
 
 
 def is_segmentation_run(workdir: str | pathlib.Path) -> bool:
