@@ -249,8 +249,7 @@ def verdict(cells: Sequence[Cell], metric: str = "train") -> list[str]:
       sentences.append(f"{GROUPS[family]}: fewer than two depths have a {what}; no "
                        "ordering to check.")
       continue
-    chain = (" < " if o[expected] and expected == "rising" else
-             " > " if o[expected] else ", ").join(
+    chain = (" < " if o["rising"] else " > " if o["falling"] else ", ").join(
         f"{label}-{d} {_percent(v)}" for d, v in zip(o["depths"], o["values"]))
     gap = o["deepest_vs_shallowest"]
     deep, shallow = o["depths"][-1], o["depths"][0]
@@ -263,6 +262,10 @@ def verdict(cells: Sequence[Cell], metric: str = "train") -> list[str]:
                          f"than the shallowest ({shallow}) by {100 * gap:.2f} points, but "
                          f"not at every step in depth ({chain}): the degradation holds "
                          "only partly.")
+      elif o["falling"]:
+        sentences.append(f"Plain nets: the {what} falls with every step in depth "
+                         f"({chain}): no degradation is visible here; deeper plain nets "
+                         "are better.")
       else:
         sentences.append(f"Plain nets: the deepest ({deep} layers) does not have a higher "
                          f"{what} than the shallowest ({shallow}) ({chain}): no "
@@ -276,6 +279,10 @@ def verdict(cells: Sequence[Cell], metric: str = "train") -> list[str]:
                          f"the shallowest ({shallow}) by {100 * -gap:.2f} points, but not "
                          f"at every step in depth ({chain}): the paper's ordering holds "
                          "only partly.")
+      elif o["rising"]:
+        sentences.append(f"ResNets: the {what} rises with every step in depth "
+                         f"({chain}): deeper ResNets are worse here, the opposite of the "
+                         "paper's 'deeper is better' ordering.")
       else:
         sentences.append(f"ResNets: the deepest ({deep} layers) does not have a lower "
                          f"{what} than the shallowest ({shallow}) ({chain}): the paper's "

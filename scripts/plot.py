@@ -85,7 +85,7 @@ def plot_fig6(runs, out: pathlib.Path, *, title: str = "") -> list[pathlib.Path]
       handles += [Line2D([], [], color="black", linestyle="--", linewidth=1.0),
                   Line2D([], [], color="black", linestyle="-", linewidth=1.8)]
       labels += ["training", evals]
-      ax.legend(handles, labels, loc="upper right", fontsize=8)
+      ax.legend(handles, labels, loc="best", fontsize=8)
   axes[0].set_ylabel(f"error (%): dashed training, solid {evals}")
   axes[0].set_ylim(0, min(100, max(20, top * 1.05)))
   fig.suptitle(title or "Plain vs residual nets on CIFAR-10 (He et al. 2016, Fig. 6)")

@@ -95,10 +95,20 @@ def test_verdict_when_it_does_not(tmp_path):
   root = degradation_sweep(tmp_path, plain_train=(0.30, 0.20, 0.10),
                            resnet_train=(0.07, 0.08, 0.09))
   sentences = report.verdict(report.summarize(report.load_runs(root)), "train")
+  assert "falls with every step in depth" in sentences[0]
   assert "no degradation is visible here" in sentences[0]
-  assert "does not show here" in sentences[1]
+  assert "the opposite of the paper's 'deeper is better' ordering" in sentences[1]
   # ResNet (0.09, 0.10, 0.11 means) vs plain (0.32, 0.22, 0.12): lower at all depths.
   assert "At every depth" in sentences[2]
+
+
+def test_verdict_when_neither_ordering_nor_its_reverse(tmp_path):
+  # plain 0.30, 0.35, 0.30 (56 == 20); resnet 0.08, 0.07, 0.08: neither direction.
+  root = degradation_sweep(tmp_path, plain_train=(0.30, 0.35, 0.30),
+                           resnet_train=(0.08, 0.07, 0.08))
+  sentences = report.verdict(report.summarize(report.load_runs(root)), "train")
+  assert "does not have a higher training error" in sentences[0]
+  assert "does not show here" in sentences[1]
 
 
 def test_verdict_partial_ordering(tmp_path):
