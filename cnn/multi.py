@@ -1,9 +1,10 @@
-"""Many small models in one program: k seeds of one config trained by one vmapped step.
+"""Many small models in one program: k seeds of one config trained by one compiled step.
 
 A CIFAR-size network leaves an accelerator idle for most of a step, so a sweep's
 seeds (k runs whose configs differ only in ``seed``) can share one compiled step:
 the k train states are stacked along a leading axis and the engine's own train step
-(`cnn.train.make_train_step`) is mapped over them with `jax.vmap`. Each model keeps
+(`cnn.train.make_train_step`) is mapped over them with `jax.vmap` (or written out once
+per model, see below). Each model keeps
 its own parameters, batch-norm statistics, optimizer state and rng, and draws its
 batches from its own seed with `cnn.data.make_train_batch_fn` (one batch function
 per seed inside the same program), so model i sees exactly the data, the dropout
@@ -17,9 +18,15 @@ metrics.jsonl, checkpoints/, best/, final.json), so the workdirs can be evaluate
 plotted, or resumed one by one with ``scripts.train``; `fit_multi` itself resumes a
 group whose latest checkpoints are at the same step.
 
-Results match separate runs up to floating-point reduction order (vmap turns the
-k convolutions into one grouped convolution and the k matrix products into one
-batched product): tests/test_multi.py bounds the difference after a few steps.
+Two ways to share the program (`make_multi_step`): "vmap" maps the step over the
+stacked states, so XLA sees one k-times wider computation (k convolutions become one
+grouped convolution): what a GPU wants. "unroll" writes the step out once per model in
+the same program: the same kernels as k separate runs, one dispatch per iteration. On
+XLA:CPU grouped convolutions are slow (vmap measured ~6x slower than k sequential
+steps for ResNet-20, scripts/benchmark_multi.py), so "auto" unrolls on CPU.
+
+Results match separate runs up to floating-point reduction order (vmap may sum in
+another order): tests/test_multi.py bounds the difference after a few steps.
 
 Limits: in-memory datasets only, the ``jit`` step (not ``shard_map``), one device
 (the k models replace data parallelism; on a multi-device host pass the k models
@@ -45,7 +52,7 @@ from cnn import config as config_lib
 from cnn import data as data_lib
 from cnn import metrics as metrics_lib
 from cnn import train
-from cnn.errors import ConfigError
+from cnn.errors import ConfigError, unknown_choice
 
 
 class UnalignedResume(ConfigError):
@@ -115,13 +122,30 @@ def init_states(runs: Sequence[train.Run]) -> train.TrainState:
   return jax.jit(jax.vmap(lambda s: create(jax.random.key(s))))(seeds)
 
 
-def make_multi_step(runs: Sequence[train.Run]):
+IMPLS = ("auto", "vmap", "unroll")
+
+
+def resolve_impl(impl: str) -> str:
+  """"auto": "vmap" on accelerators, "unroll" on CPU, where XLA runs the grouped
+  convolutions that vmap makes of k models' convolutions ~6x slower than k separate
+  ones (scripts/benchmark_multi.py, docs/degradation/README.md)."""
+  if impl not in IMPLS:
+    raise unknown_choice("multi-model implementation", impl, IMPLS)
+  if impl == "auto":
+    return "unroll" if jax.default_backend() == "cpu" else "vmap"
+  return impl
+
+
+def make_multi_step(runs: Sequence[train.Run], impl: str = "auto"):
   """``step(states, data) -> (states, metrics)``, jitted, donating the states.
 
   `data` is a tuple of (images_u8, labels) per model; models sharing one dataset may
   pass the same arrays. Batch selection, augmentation and normalisation run per model
-  inside the program; the train step proper is vmapped over the k models.
+  inside the program; the train step proper is vmapped over the k models ("vmap"), or
+  written out once per model in the same program ("unroll": the same kernels as k
+  separate runs, one dispatch); see `resolve_impl` for "auto".
   """
+  impl = resolve_impl(impl)
   run = runs[0]
   cfg = run.config
   core = train.make_train_step(run.model, run.tx, run.schedule, run.step_cfg)
@@ -136,14 +160,28 @@ def make_multi_step(runs: Sequence[train.Run]):
       x, y = fn(x_all, y_all, states.step[i])
       images.append(x)
       labels.append(y)
+    if impl == "unroll":
+      outs = [core(jax.tree.map(lambda a, i=i: a[i], states), x, y)
+              for i, (x, y) in enumerate(zip(images, labels))]
+      return stack([o[0] for o in outs]), stack([o[1] for o in outs])
     return jax.vmap(core)(states, jnp.stack(images), jnp.stack(labels))
 
   return jax.jit(step, donate_argnums=0)
 
 
-def make_multi_eval_step(run: train.Run):
-  """eval_step(states, images, labels, mask) -> per-model sums, vmapped over states."""
-  return jax.jit(jax.vmap(train.make_eval_step(run.model), in_axes=(0, None, None, None)))
+def make_multi_eval_step(run: train.Run, impl: str = "auto"):
+  """eval_step(states, images, labels, mask) -> per-model sums (leading axis k), the
+  models vmapped or unrolled as in `make_multi_step`."""
+  single = train.make_eval_step(run.model)
+  if resolve_impl(impl) == "vmap":
+    return jax.jit(jax.vmap(single, in_axes=(0, None, None, None)))
+
+  def unrolled(states, images, labels, mask):
+    k = jax.tree.leaves(states.params)[0].shape[0]
+    return stack([single(jax.tree.map(lambda a, i=i: a[i], states), images, labels, mask)
+                  for i in range(k)])
+
+  return jax.jit(unrolled)
 
 
 def evaluate_all(runs: Sequence[train.Run], states: train.TrainState,
@@ -198,10 +236,11 @@ def _restore(runs, workdirs, checkpointers, fresh: train.TrainState) -> train.Tr
 
 def fit_multi(configs: Sequence[ml_collections.ConfigDict],
               workdirs: Sequence[str | pathlib.Path], *,
-              stop_after: Optional[int] = None) -> list[dict[str, Any]]:
+              stop_after: Optional[int] = None, impl: str = "auto") -> list[dict[str, Any]]:
   """Trains k configs that differ only in seed together; workdir i gets run i.
 
-  Returns each model's last logged metrics with ``status`` ("done", "preempted", or
+  `impl` picks how the k models share the program (`make_multi_step`). Returns each
+  model's last logged metrics with ``status`` ("done", "preempted", or
   "halted" for a model whose loss went non-finite in "stop" mode: it is frozen at its
   last good state while the others train on, and gets no final.json).
   """
@@ -228,8 +267,8 @@ def fit_multi(configs: Sequence[ml_collections.ConfigDict],
   step = int(states.step[0])
   for writer in writers:
     writer.truncate_after(step)
-  train_step = make_multi_step(runs)
-  eval_step = make_multi_eval_step(runs[0])
+  train_step = make_multi_step(runs, impl)
+  eval_step = make_multi_eval_step(runs[0], impl)
   data, placed = [], {}
   for r in runs:
     key = id(r.dataset)

@@ -340,10 +340,11 @@ def write_test_eval(workdir: str | pathlib.Path) -> Optional[dict[str, Any]]:
 
 def train_unit(spec: str, base_overrides: Sequence[str],
                items: Sequence[tuple[str, Mapping[str, Any], str]], *,
-               vmap_seeds: bool = False) -> list[dict[str, Any]]:
+               vmap_seeds: bool = False, multi_impl: str = "auto") -> list[dict[str, Any]]:
   """Trains (or resumes) the runs `items` = [(name, overrides, workdir), ...] of
   `spec`, together with `cnn.multi` when `vmap_seeds` and there are several, else one
-  after another with `cnn.train.fit`; finished runs are skipped. Returns one result
+  after another with `cnn.train.fit` (`multi_impl`: see `cnn.multi.make_multi_step`);
+  finished runs are skipped. Returns one result
   per run: ``{"name", "status", ...last metrics}``. A run whose loss goes non-finite
   is reported (status "halted") and the others go on; a pre-emption stops the unit.
   """
@@ -360,7 +361,7 @@ def train_unit(spec: str, base_overrides: Sequence[str],
   together = vmap_seeds and len(configs) > 1
   if together:
     try:
-      for name, out in zip(names, multi.fit_multi(configs, workdirs)):
+      for name, out in zip(names, multi.fit_multi(configs, workdirs, impl=multi_impl)):
         results[name] = {"name": name, **out}
     except multi.UnalignedResume as e:
       print(f"warning: {e}", flush=True)
@@ -391,8 +392,9 @@ class SweepJob:
   pre-emption with the same arguments (submitit calls `checkpoint`); the runs then
   resume from their latest checkpoints (``train.checkpoint_every``)."""
 
-  def __call__(self, spec, base_overrides, items, vmap_seeds=False):
-    return train_unit(spec, base_overrides, items, vmap_seeds=vmap_seeds)
+  def __call__(self, spec, base_overrides, items, vmap_seeds=False, multi_impl="auto"):
+    return train_unit(spec, base_overrides, items, vmap_seeds=vmap_seeds,
+                      multi_impl=multi_impl)
 
   def checkpoint(self, *args, **kwargs):
     import submitit

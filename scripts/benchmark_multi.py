@@ -1,13 +1,15 @@
-"""Is training k small models in one vmapped program (cnn/multi.py) faster than k steps
-one after another?  Alternating A/B rounds in one process (noise here is +-10-15 %).
+"""Is training k small models in one program (cnn/multi.py) faster than k steps one
+after another?  Alternating rounds in one process (noise here is +-10-15 %).
 
     python -m scripts.benchmark_multi --model resnet20 --k 4 --width 8 --batch 128
 
-A: the engine's compiled single-model step (`train.compile_steps`), called for k
-   separate train states in turn (what k sequential runs do per iteration).
-B: `cnn.multi`'s one step for the k states stacked (one program, one dispatch).
-Both include the on-device input pipeline. Reports images per second (k x batch per
-iteration) of each round, the medians, and the speed-up B / A.
+sequential: the engine's compiled single-model step (`train.compile_steps`), called
+    for k separate train states in turn (what k sequential runs do per iteration).
+vmap: `cnn.multi`'s step vmapped over the k stacked states (one program, one dispatch,
+    k-wide grouped convolutions).
+unroll: `cnn.multi`'s step written out once per model in one program.
+All include the on-device input pipeline. Reports images per second (k x batch per
+iteration) of each round, the medians, and the speed-ups over sequential.
 """
 from __future__ import annotations
 
@@ -50,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--data", default="cifar10")
   parser.add_argument("--conv_impl", default="auto")
   parser.add_argument("--steps", type=int, default=3, help="iterations per round")
-  parser.add_argument("--rounds", type=int, default=5, help="A/B rounds")
+  parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
+  parser.add_argument("--impls", nargs="+", default=["vmap", "unroll"],
+                      choices=["vmap", "unroll"], help="cnn.multi variants to time")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   with exit_on_user_error():
     import jax
@@ -71,38 +75,43 @@ def main(argv: list[str] | None = None) -> int:
     jax.block_until_ready(states_a)
     compile_a = time.time() - t0
 
-    # B: the vmapped step over the stacked states.
-    t0 = time.time()
-    states_b = multi.init_states(runs)
-    step_b = multi.make_multi_step(runs)
+    # B / C: cnn.multi's step over the stacked states, vmapped / unrolled.
+    multi_steps, multi_states, compile_times = {}, {}, {}
     data = tuple((x_all, y_all) for _ in runs)
-    for _ in range(2):
-      states_b, _ = step_b(states_b, data)
-    jax.block_until_ready(states_b)
-    compile_b = time.time() - t0
+    for impl in args.impls:
+      t0 = time.time()
+      multi_states[impl] = multi.init_states(runs)
+      multi_steps[impl] = multi.make_multi_step(runs, impl)
+      for _ in range(2):
+        multi_states[impl], _ = multi_steps[impl](multi_states[impl], data)
+      jax.block_until_ready(multi_states[impl])
+      compile_times[impl] = time.time() - t0
     print(f"{args.model} width {args.width or 'default'} batch {args.batch}, k={args.k}, "
-          f"{jax.devices()[0].platform}: first two steps (compiling) A {compile_a:.1f} s, "
-          f"B {compile_b:.1f} s", flush=True)
+          f"{jax.devices()[0].platform}: first two steps (compiling) sequential "
+          f"{compile_a:.1f} s, " + ", ".join(f"{i} {t:.1f} s" for i, t in
+                                             compile_times.items()), flush=True)
 
     images = args.k * args.batch * args.steps
-    rates = {"A": [], "B": []}
+    rates = {"sequential": [], **{impl: [] for impl in args.impls}}
     for r in range(args.rounds):
       t0 = time.time()
       for _ in range(args.steps):
         for i in range(args.k):
           states_a[i], _ = step_a(states_a[i], x_all, y_all)
       jax.block_until_ready(states_a)
-      rates["A"].append(images / (time.time() - t0))
-      t0 = time.time()
-      for _ in range(args.steps):
-        states_b, _ = step_b(states_b, data)
-      jax.block_until_ready(states_b)
-      rates["B"].append(images / (time.time() - t0))
-      print(f"round {r + 1}: A {rates['A'][-1]:.1f} img/s   B {rates['B'][-1]:.1f} img/s",
-            flush=True)
-    a, b = statistics.median(rates["A"]), statistics.median(rates["B"])
-    print(f"median: A (k sequential steps) {a:.1f} img/s, B (one vmapped step) {b:.1f} "
-          f"img/s, speed-up B/A {b / a:.2f}x")
+      rates["sequential"].append(images / (time.time() - t0))
+      for impl in args.impls:
+        t0 = time.time()
+        for _ in range(args.steps):
+          multi_states[impl], _ = multi_steps[impl](multi_states[impl], data)
+        jax.block_until_ready(multi_states[impl])
+        rates[impl].append(images / (time.time() - t0))
+      print(f"round {r + 1}: " + "   ".join(f"{n} {v[-1]:.1f} img/s" for n, v in
+                                             rates.items()), flush=True)
+    base = statistics.median(rates["sequential"])
+    print(f"median img/s: sequential (k steps) {base:.1f}; " + "; ".join(
+        f"{impl} (one step) {statistics.median(rates[impl]):.1f}, speed-up "
+        f"{statistics.median(rates[impl]) / base:.2f}x" for impl in args.impls))
   return 0
 
 

@@ -18,8 +18,9 @@ Executors:
   submitit_local  submitit's LocalExecutor: subprocesses managed by submitit (waits)
   slurm           one SLURM job per run (or per seed group with --vmap_seeds) via
                   submitit; jobs are requeued on timeout/pre-emption and resume
---vmap_seeds trains the seeds of each setting together in one vmapped program
-(cnn/multi.py): worth it on a GPU, which a CIFAR-size model leaves mostly idle.
+--vmap_seeds trains the seeds of each setting together in one program (cnn/multi.py):
+vmapped on a GPU, which a CIFAR-size model leaves mostly idle; written out per model
+on a CPU, where vmap's grouped convolutions are slow (--multi_impl overrides).
 --config.a.b=v overrides apply to every run (before the sweep's own values).
 """
 from __future__ import annotations
@@ -50,6 +51,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                       help="comma-separated shell patterns of run names, e.g. 'plain*'")
   parser.add_argument("--vmap_seeds", action="store_true",
                       help="train runs that differ only in seed together (cnn/multi.py)")
+  parser.add_argument("--multi_impl", default="auto", choices=("auto", "vmap", "unroll"),
+                      help="how --vmap_seeds shares the program: vmap (GPU), unroll "
+                           "(CPU), auto")
   slurm = parser.add_argument_group("slurm / submitit")
   slurm.add_argument("--timeout_min", type=int, default=24 * 60)
   slurm.add_argument("--slurm_partition", default=None)
@@ -71,11 +75,12 @@ def _items(unit):
   return [(r.name, r.overrides, str(r.workdir.resolve())) for r in unit]
 
 
-def run_local(spec, overrides, unit_list, vmap_seeds) -> list[dict]:
+def run_local(spec, overrides, unit_list, vmap_seeds, multi_impl) -> list[dict]:
   from cnn import sweep
   results = []
   for unit in unit_list:
-    out = sweep.train_unit(spec, overrides, _items(unit), vmap_seeds=vmap_seeds)
+    out = sweep.train_unit(spec, overrides, _items(unit), vmap_seeds=vmap_seeds,
+                           multi_impl=multi_impl)
     results.extend(out)
     if any(r.get("status") == "preempted" for r in out):
       print("pre-empted: stopping the sweep; run the same command to continue.",
@@ -84,7 +89,8 @@ def run_local(spec, overrides, unit_list, vmap_seeds) -> list[dict]:
   return results
 
 
-def run_subprocesses(spec, root, overrides, unit_list, vmap_seeds) -> list[dict]:
+def run_subprocesses(spec, root, overrides, unit_list, vmap_seeds,
+                     multi_impl) -> list[dict]:
   """Each unit as ``python -m scripts.sweep ... --only <its runs> --executor local``:
   a fresh process per run (or seed group); SIGTERM is passed on to it."""
   results, current = [], {}
@@ -102,7 +108,7 @@ def run_subprocesses(spec, root, overrides, unit_list, vmap_seeds) -> list[dict]
       cmd = [sys.executable, "-m", "scripts.sweep", spec, "--root", str(root),
              "--executor", "local", "--only", names, *[f"--{o}" for o in overrides]]
       if vmap_seeds:
-        cmd.append("--vmap_seeds")
+        cmd += ["--vmap_seeds", "--multi_impl", multi_impl]
       print(f"=== {names}: {' '.join(cmd[1:])}", flush=True)
       start = time.time()
       current["proc"] = subprocess.Popen(cmd)
@@ -136,8 +142,8 @@ def run_submitit(spec, root, overrides, unit_list, vmap_seeds, args) -> list[dic
     executor.update_parameters(**params)
   job = sweep.SweepJob()
   with executor.batch():
-    jobs = [executor.submit(job, spec, list(overrides), _items(unit), vmap_seeds)
-            for unit in unit_list]
+    jobs = [executor.submit(job, spec, list(overrides), _items(unit), vmap_seeds,
+                            args.multi_impl) for unit in unit_list]
   for unit, j in zip(unit_list, jobs):
     print(f"submitted {','.join(r.name for r in unit)}: job {j.job_id}", flush=True)
   wait = args.executor == "submitit_local" and not args.no_wait
@@ -189,9 +195,10 @@ def main(argv: list[str] | None = None) -> int:
           f"({args.executor} executor).", flush=True)
     start = time.time()
     if args.executor == "local":
-      results = run_local(spec, overrides, unit_list, args.vmap_seeds)
+      results = run_local(spec, overrides, unit_list, args.vmap_seeds, args.multi_impl)
     elif args.executor == "subprocess":
-      results = run_subprocesses(spec, root, overrides, unit_list, args.vmap_seeds)
+      results = run_subprocesses(spec, root, overrides, unit_list, args.vmap_seeds,
+                                 args.multi_impl)
     else:
       results = run_submitit(spec, root, overrides, unit_list, args.vmap_seeds, args)
     wall = time.time() - start
