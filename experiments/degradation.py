@@ -28,7 +28,7 @@ run of a seed), then once on the test set at the end (test.json, by scripts.swee
 
 Presets:
 
-* "" (paper): depths 20/32/44/56, seeds 0, 1, 2; ~2 GPU-hours for all 24 runs.
+* "" (paper): depths 20/32/44/56, seeds 0, 1, 2: 24 runs of 64k iterations.
 * "val": as "", on the 45k/5k split.
 * "with110": as "", plus ResNet-110 (lr 0.01 for the first 400 iterations, as the
   paper warms it up; the paper shows no plain-110).
@@ -89,16 +89,19 @@ def cpu_config() -> config_lib.ml_collections.ConfigDict:
   * one seed.
 
   Everything else is the paper's recipe, batch 128 and learning rate 0.1 included.
-  Half an epoch only shows the start of training, where deep plain nets lag (He et
-  al. Fig. 6 shows plain-56 above plain-20 from the first iterations on); the
-  ResNets' "deeper is better" appears later in the paper's curves.
+  Half an epoch only shows the start of training. He et al. found the deeper plain
+  net's training error higher throughout training (ImageNet, section 4.1; "similar"
+  on CIFAR-10, Fig. 6), so the plain-net ordering can show this early; the ResNets'
+  "deeper is better" needs far longer training than this.
 
   Sizing, measured here while 4-7 other jobs shared the 2 cores (load 9-15): a
   jitted train step of ResNet-20 at width 8, batch 128, took 1.0-3.0 s (ResNet-56 and
-  plain-56 about 2.8x that), and 0.5 s/step at batch 64 during a calmer minute;
-  compiling one model's step took 1-4 minutes. The 8 runs (20+32+44+56 layers, twice)
-  cost ~7.6 ResNet-20 steps per iteration: 200 x 7.6 x ~1.5-2 s ~ 40-50 min, plus
-  ~10 min of compiling and evaluating.
+  plain-56 about 2.8x that); compiling one model's step took 1-4 minutes. The 8 runs
+  (20+32+44+56 layers, twice) cost ~7.6 ResNet-20 steps per iteration: 200 x 7.6 x
+  ~1.5-2 s ~ 40-50 min, plus ~10 min of compiling and evaluating. Measured: the whole
+  sweep took 72.6 min here (load falling from ~10 to ~5 during it); on the idle
+  machine a ResNet-20 step takes ~0.2 s (619 img/s, scripts/benchmark_multi.py), so
+  expect roughly a quarter of that there (an estimate, not a run).
   """
   c = paper_config()
   c.model.width = CPU_WIDTH
