@@ -25,6 +25,7 @@ def defaults() -> ml_collections.ConfigDict:
   """Every key a config may set, with its default."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.task = "classification"      # classification | segmentation | detection (cnn/tasks.py)
   c.model = ml_collections.ConfigDict({"name": "lenet5"})
   c.data = ml_collections.ConfigDict({
       "source": "digits",          # digits | npz:<glob>[|<glob>] | mnist | cifar10 | tfds:<name>
@@ -34,6 +35,10 @@ def defaults() -> ml_collections.ConfigDict:
       "image_size": None,          # (H, W) to resize/crop to, or None
       "channels": None,
       "num_classes": None,         # default: the dataset's own (or max label + 1)
+      "canvas": ml_collections.ConfigDict({   # data.source="canvas": digits on a canvas
+          "size": 48, "min_digits": 1, "max_digits": 3,
+          "train_size": 6000, "test_size": 500,
+      }),
   })
   c.optim = ml_collections.ConfigDict({
       "name": "momentum",          # sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw

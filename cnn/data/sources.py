@@ -373,6 +373,9 @@ def _data_root(data_dir: Optional[str]) -> pathlib.Path:
   return pathlib.Path(root).expanduser()
 
 
+data_root = _data_root   # public: the canvas tasks read MNIST from the same root
+
+
 def _read_npz(pattern: str, data_dir: Optional[str]) -> Split:
   """Concatenates the shards matching `pattern` in sorted file-name order."""
   pattern = os.path.expanduser(pattern)

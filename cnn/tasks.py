@@ -1,0 +1,167 @@
+"""Tasks: what differs between learning problems; `cnn.train.fit` is the same loop.
+
+A task says how a model's output meets the labels (the loss and the train metrics),
+what evaluation accumulates per batch and how those batches become scores, which
+metric is "best" by default, and the one line the CLI prints. Selected by
+``config.task``:
+
+    classification   labels (N,) int; softmax cross-entropy; top-1/top-5 error
+    segmentation     labels (N, H, W) int masks (-1: ignored); pixel cross-entropy;
+                     FCN's pixel accuracy, mean accuracy, mean IoU, fw IoU
+    detection        labels (N, B, 5) float (x1, y1, x2, y2, class; class -1 pads);
+                     Faster R-CNN's losses; mAP@0.5 and mAP@[.5:.95] (cnn/detection/)
+
+Adding a task is one class with the members of `Task` plus one `register` line.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cnn import metrics as metrics_lib
+from cnn import segmentation as seg
+from cnn.errors import unknown_choice
+
+
+def main_output(output):
+  """Models with auxiliary heads return (main, aux, ...) in training: the first is the
+  prediction."""
+  return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def sum_batches(batches: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+  """The element-wise sum of per-batch sums (host side)."""
+  total = {k: np.asarray(v, np.float64) for k, v in batches[0].items()}
+  for b in batches[1:]:
+    for k, v in b.items():
+      total[k] = total[k] + np.asarray(v, np.float64)
+  return total
+
+
+class Task:
+  """Classification: the base every task refines (one example, one class)."""
+
+  name = "classification"
+  best_metric = "eval_top1_error"
+  best_mode = "min"
+
+  def train_metric_names(self) -> tuple[str, ...]:
+    return ("loss", "top1_error", "top5_error")
+
+  def forward_train(self, model, variables, images, labels, rng):
+    """(output, new batch statistics) of a train-mode apply."""
+    del labels
+    output, updates = model.apply(variables, images, train=True, rngs={"dropout": rng},
+                                  mutable=["batch_stats"])
+    return output, updates.get("batch_stats", variables["batch_stats"])
+
+  def loss(self, output, labels, *, label_smoothing: float = 0.0):
+    """(mean loss, train metrics); auxiliary heads (GoogLeNet) count 0.3 each."""
+    logits = main_output(output)
+    loss = jnp.mean(metrics_lib.cross_entropy(logits, labels, label_smoothing))
+    total = loss
+    if isinstance(output, (tuple, list)):
+      for aux in output[1:]:
+        total = total + 0.3 * jnp.mean(metrics_lib.cross_entropy(aux, labels,
+                                                                 label_smoothing))
+    return total, {
+        "loss": loss,
+        "top1_error": 1.0 - jnp.mean(metrics_lib.topk_correct(logits, labels, 1)),
+        "top5_error": 1.0 - jnp.mean(metrics_lib.topk_correct(logits, labels, 5))}
+
+  def predict(self, model, variables, images):
+    return main_output(model.apply(variables, images, train=False))
+
+  def eval_batch(self, model, variables, images, labels, mask) -> dict[str, jax.Array]:
+    """Sums over the real (mask 1) examples of one evaluation batch."""
+    logits = self.predict(model, variables, images)
+    loss = metrics_lib.cross_entropy(logits, labels)
+    return {"loss": jnp.sum(loss * mask),
+            "top1": jnp.sum(metrics_lib.topk_correct(logits, labels, 1) * mask),
+            "top5": jnp.sum(metrics_lib.topk_correct(logits, labels, 5) * mask),
+            "count": jnp.sum(mask)}
+
+  def eval_scores(self, batches: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    t = sum_batches(batches)
+    n = max(float(t["count"]), 1.0)
+    return {"loss": float(t["loss"]) / n, "top1_error": 1.0 - float(t["top1"]) / n,
+            "top5_error": 1.0 - float(t["top5"]) / n, "examples": int(t["count"])}
+
+  def summary(self, record: dict[str, Any]) -> str:
+    if "eval_top1_error" not in record:
+      return f"step {record.get('step')}: train loss {record.get('train_loss')}"
+    return (f"step {record['step']}: test accuracy "
+            f"{100 * (1 - record['eval_top1_error']):.2f}% (top-1 error "
+            f"{100 * record['eval_top1_error']:.2f}%, eval loss {record['eval_loss']:.4f})")
+
+
+class SegmentationTask(Task):
+  """Per-pixel classification (FCN, U-Net); pixels labelled < 0 count nowhere."""
+
+  name = "segmentation"
+  best_metric = "eval_mean_iou"
+  best_mode = "max"
+
+  def loss(self, output, labels, *, label_smoothing: float = 0.0):
+    del label_smoothing
+    logits = main_output(output)
+    loss = seg.mean_pixel_cross_entropy(logits, labels)
+    valid = (labels >= 0).astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(valid), 1.0)
+    metrics = {"loss": loss}
+    for k in (1, 5):
+      correct = jnp.sum(seg.pixel_topk_correct(logits, labels, k) * valid)
+      metrics[f"top{k}_error"] = 1.0 - correct / count
+    return loss, metrics
+
+  def eval_batch(self, model, variables, images, labels, mask):
+    logits = self.predict(model, variables, images)
+    labels = jnp.where(mask[:, None, None] > 0, labels, seg.IGNORE)
+    total, count = seg.pixel_cross_entropy(logits, labels)
+    return {"loss": total, "pixels": count,
+            "confusion": seg.confusion_matrix(labels, jnp.argmax(logits, -1),
+                                              logits.shape[-1])}
+
+  def eval_scores(self, batches):
+    t = sum_batches(batches)
+    result = seg.scores(t["confusion"])
+    result["loss"] = float(t["loss"]) / max(float(t["pixels"]), 1.0)
+    return result
+
+  def summary(self, record):
+    if "eval_mean_iou" not in record:
+      return super().summary(record)
+    return (f"step {record['step']}: mean IoU {100 * record['eval_mean_iou']:.2f}%, pixel "
+            f"accuracy {100 * record['eval_pixel_accuracy']:.2f}%, mean accuracy "
+            f"{100 * record['eval_mean_accuracy']:.2f}%")
+
+
+def _detection() -> Task:
+  from cnn.detection.task import DetectionTask  # pylint: disable=import-outside-toplevel
+  return DetectionTask()
+
+
+# name -> factory; a factory (not an instance) so optional tasks import lazily.
+_REGISTRY: dict[str, Callable[[], Task]] = {
+    "classification": Task,
+    "segmentation": SegmentationTask,
+    "detection": _detection,
+}
+
+
+def names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def register(name: str, factory: Callable[[], Task]) -> None:
+  _REGISTRY[name] = factory
+
+
+def get(name: str) -> Task:
+  """The task called `name`; an unknown name is one sentence with the choices."""
+  if name not in _REGISTRY:
+    raise unknown_choice("task", name, names())
+  return _REGISTRY[name]()
