@@ -220,10 +220,159 @@ def _pool_args(x: Array, window, strides, padding, layer: str, strict: bool):
 
 def max_pool(x: Array, window: int | Sequence[int] = 2, strides=None,
              padding: Padding = "VALID", *, layer: str = "max_pool",
-             strict: bool = True) -> Array:
-  """Max over each window (stride defaults to the window: 2x2/2 halves the size)."""
+             strict: bool = True, return_indices: bool = False
+             ) -> Array | tuple[Array, Array]:
+  """Max over each window (stride defaults to the window: 2x2/2 halves the size).
+
+  ``return_indices=True`` also returns the switches SegNet's decoder unpools with:
+  for every output, the position ``h * W + w`` of its maximum in its own (n, c) input
+  plane (int32, same NHWC shape as the output; PyTorch's ``return_indices``
+  convention, ties going to the first maximum in row-major window order).
+  """
   window, strides, padding = _pool_args(x, window, strides, padding, layer, strict)
-  return nn.max_pool(x, window, strides, padding)
+  if not return_indices:
+    return nn.max_pool(x, window, strides, padding)
+  return _max_pool_with_indices(x, window, strides, padding)
+
+
+def _max_pool_with_indices(x: Array, window: tuple[int, int], strides: tuple[int, int],
+                           padding: conv_lib.PairPadding) -> tuple[Array, Array]:
+  """Max pooling as an argmax over the window's strided shifts (one slice each)."""
+  _, h, w, _ = x.shape
+  if isinstance(padding, str):
+    padding = tuple(lax.padtype_to_pads((h, w), window, strides, padding))
+  (top, bottom), (left, right) = padding
+  fill = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+  xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=fill)
+  ho = (h + top + bottom - window[0]) // strides[0] + 1
+  wo = (w + left + right - window[1]) // strides[1] + 1
+  shifts, offsets = [], []
+  for a in range(window[0]):
+    for b in range(window[1]):
+      shifts.append(lax.slice(xp, (0, a, b, 0),
+                              (xp.shape[0], a + strides[0] * (ho - 1) + 1,
+                               b + strides[1] * (wo - 1) + 1, xp.shape[3]),
+                              (1, strides[0], strides[1], 1)))
+      offsets.append((a, b))
+  stack = jnp.stack(shifts)                       # (window cells, N, Ho, Wo, C)
+  best = jnp.argmax(stack, axis=0)                # the first maximum wins ties
+  y = jnp.take_along_axis(stack, best[None], axis=0)[0]
+  rows = (jnp.arange(ho) * strides[0] - top)[None, :, None, None]
+  cols = (jnp.arange(wo) * strides[1] - left)[None, None, :, None]
+  off_r = jnp.array([o[0] for o in offsets], jnp.int32)[best]
+  off_c = jnp.array([o[1] for o in offsets], jnp.int32)[best]
+  return y, ((rows + off_r) * w + cols + off_c).astype(jnp.int32)
+
+
+def max_unpool(y: Array, indices: Array, output_shape: Sequence[int] | None = None,
+               window: int | Sequence[int] = 2, strides=None) -> Array:
+  """The inverse of `max_pool` with switches: every value goes back to the position
+  its index names, everything else is zero (SegNet's unpooling).
+
+  ``output_shape`` is (H, W) or the full (N, H, W, C); by default PyTorch's
+  ``(H_in - 1) * stride + window``. Where windows overlap and two outputs name the same
+  position, one of them is kept.
+  """
+  if y.shape != indices.shape:
+    raise ConfigError(
+        f"max_unpool: values {y.shape} and indices {indices.shape} must have the same shape.")
+  n, hi, wi, c = y.shape
+  if output_shape is None:
+    window = pair(window, "window")
+    strides = pair(window if strides is None else strides, "strides")
+    output_shape = ((hi - 1) * strides[0] + window[0], (wi - 1) * strides[1] + window[1])
+  output_shape = tuple(int(s) for s in output_shape)
+  if len(output_shape) == 4:
+    if output_shape[0] != n or output_shape[3] != c:
+      raise ConfigError(
+          f"max_unpool: output_shape {output_shape} does not match values of shape "
+          f"{y.shape} in batch and channels.")
+    output_shape = output_shape[1:3]
+  if len(output_shape) != 2:
+    raise ConfigError(f"max_unpool: output_shape must be (H, W) or (N, H, W, C), "
+                      f"got {output_shape}.")
+  h, w = output_shape
+  flat = jnp.zeros((n, h * w, c), y.dtype)
+  batch = jnp.arange(n)[:, None, None]
+  chan = jnp.arange(c)[None, None, :]
+  flat = flat.at[batch, indices.reshape(n, hi * wi, c), chan].set(
+      y.reshape(n, hi * wi, c), mode="drop")
+  return flat.reshape(n, h, w, c)
+
+
+# ----------------------------------------------------------------------------------
+# Upsampling by interpolation (the "Types of Upsampling" slide's first kind)
+# ----------------------------------------------------------------------------------
+
+UPSAMPLE_METHODS = ("nearest", "bilinear", "bicubic")
+
+
+def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+  """Keys' cubic convolution weights of the 4 neighbours at distances 1+t, t, 1-t, 2-t
+  (PyTorch's a = -0.75)."""
+
+  def near(d):  # |d| <= 1
+    return ((a + 2) * d - (a + 3)) * d * d + 1
+
+  def far(d):  # 1 < |d| < 2
+    return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+  return np.stack([far(1 + t), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+def _interp_matrix(n: int, factor: int, method: str) -> np.ndarray:
+  """(n * factor, n) matrix of one axis's interpolation weights, half-pixel centres
+  (PyTorch's align_corners=False): output o samples input coordinate
+  (o + 0.5) / factor - 0.5."""
+  out = np.arange(n * factor)
+  m = np.zeros((n * factor, n), np.float64)
+  if method == "nearest":
+    m[out, out // factor] = 1.0
+    return m
+  src = (out + 0.5) / factor - 0.5
+  if method == "bilinear":
+    src = np.maximum(src, 0.0)  # PyTorch clamps the left border for linear modes
+    i0 = np.floor(src).astype(int)
+    i1 = np.minimum(i0 + 1, n - 1)
+    lam = src - i0
+    np.add.at(m, (out, i0), 1 - lam)
+    np.add.at(m, (out, i1), lam)
+    return m
+  i = np.floor(src).astype(int)
+  weights = _cubic_weights(src - i)
+  for k in range(4):  # neighbours i-1 .. i+2, clamped to the border as PyTorch does
+    np.add.at(m, (out, np.clip(i - 1 + k, 0, n - 1)), weights[:, k])
+  return m
+
+
+def upsample(x: Array, factor: int | Sequence[int], method: str = "nearest") -> Array:
+  """(N, H, W, C) -> (N, fH, fW, C) by nearest, bilinear or bicubic interpolation.
+
+  Integer factors only; the sampling matches torch.nn.functional.interpolate with
+  align_corners=False (half-pixel centres, a = -0.75 for bicubic, borders clamped).
+  Each axis is one small matrix product, so it is exact to float32 and differentiable.
+  """
+  if method not in UPSAMPLE_METHODS:
+    raise unknown_choice("upsampling method", method, UPSAMPLE_METHODS)
+  if x.ndim != 4:
+    raise ConfigError(f"upsample: expects NHWC input with 4 dimensions, got shape {x.shape}.")
+  fh, fw = pair(factor, "factor")
+  if fh < 1 or fw < 1:
+    raise ConfigError(f"upsample: factor must be a positive integer, got {(fh, fw)}.")
+  if method == "nearest":
+    return jnp.repeat(jnp.repeat(x, fh, axis=1), fw, axis=2)
+  mh = jnp.asarray(_interp_matrix(x.shape[1], fh, method), x.dtype)
+  mw = jnp.asarray(_interp_matrix(x.shape[2], fw, method), x.dtype)
+  return jnp.einsum("oh,nhwc,pw->nopc", mh, x, mw, precision=lax.Precision.HIGHEST)
+
+
+class Upsample(nn.Module):
+  """`upsample` as a layer: no parameters."""
+  factor: int | Sequence[int] = 2
+  method: str = "nearest"
+
+  def __call__(self, x: Array) -> Array:
+    return upsample(x, self.factor, self.method)
 
 
 def avg_pool(x: Array, window: int | Sequence[int] = 2, strides=None,

@@ -5,9 +5,15 @@
 Optimizers (the update rules of the course's optimisation lecture, via optax):
   sgd            w <- w - lr * g
   momentum       v <- mu * v + g;  w <- w - lr * v   (nesterov=True: Nesterov's variant)
-  adagrad        G <- G + g^2;     w <- w - lr * g / (sqrt(G) + eps)
-  rmsprop        s <- rho * s + (1 - rho) g^2;  w <- w - lr * g / sqrt(s + eps)
+  adagrad        r <- r + g^2;     w <- w - lr * g / (eps + sqrt(r))
+  rmsprop        r <- rho * r + (1 - rho) g^2;  w <- w - lr * g / (eps + sqrt(r))
   adam / adamw   Kingma & Ba with bias correction; adamw decays weights decoupled
+
+AdaGrad and RMSProp keep delta (``optim.eps``) outside the square root, as the slides
+and torch.optim do; optax's defaults put it inside, which for a large delta is a
+different rule (delta = 0.5, g = 2, lr = 0.1: AdaGrad's first step is -0.0800 here,
+-0.0943 with delta inside). ``optim.eps`` None means the default 1e-8; an explicit 0.0
+is honoured.
 
 Weight decay: ``optim.weight_decay`` is applied as the papers did it (an L2 penalty
 wd/2 * ||W||^2 on conv and dense kernels in the loss, so its gradient is wd * W; see
@@ -28,7 +34,7 @@ Schedules (``schedule.name``):
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -93,21 +99,23 @@ def make_optimizer(cfg: Any, schedule: Schedule) -> optax.GradientTransformation
   if name not in OPTIMIZERS:
     raise unknown_choice("optimizer", name, OPTIMIZERS)
   momentum = float(_get(cfg, "momentum", 0.9))
-  eps = _get(cfg, "eps", None)
+  # An explicit 0.0 is a valid delta; only None (unset) means the default.
+  eps = float(_get(cfg, "eps", 1e-8))
   if name == "sgd":
     tx = optax.sgd(schedule)
   elif name in ("momentum", "nesterov"):
     tx = optax.sgd(schedule, momentum=momentum,
                    nesterov=name == "nesterov" or bool(_get(cfg, "nesterov", False)))
   elif name == "adagrad":
-    tx = optax.adagrad(schedule, initial_accumulator_value=float(
-        _get(cfg, "initial_accumulator", 0.0)), eps=float(eps or 1e-8))
+    tx = optax.chain(
+        scale_by_root_accumulator(None, eps, float(_get(cfg, "initial_accumulator", 0.0))),
+        optax.scale_by_learning_rate(schedule))
   elif name == "rmsprop":
-    tx = optax.rmsprop(schedule, decay=float(_get(cfg, "decay", 0.9)),
-                       eps=float(eps or 1e-8))
+    tx = optax.chain(scale_by_root_accumulator(float(_get(cfg, "decay", 0.9)), eps),
+                     optax.scale_by_learning_rate(schedule))
   else:
     tx = optax.adam(schedule, b1=float(_get(cfg, "b1", 0.9)),
-                    b2=float(_get(cfg, "b2", 0.999)), eps=float(eps or 1e-8))
+                    b2=float(_get(cfg, "b2", 0.999)), eps=eps)
   wd = float(_get(cfg, "weight_decay", 0.0))
   if wd < 0:
     raise ConfigError(f"optim.weight_decay must be >= 0, got {wd}.")
@@ -121,6 +129,44 @@ def make_optimizer(cfg: Any, schedule: Schedule) -> optax.GradientTransformation
     # Decoupled decay scales with the schedule like the update (Loshchilov & Hutter).
     chain.append(_decoupled_decay(wd, schedule, _kernel_mask))
   return optax.chain(*chain)
+
+
+class RootAccumulatorState(NamedTuple):
+  """The running sum (AdaGrad) or leaky average (RMSProp) of squared gradients."""
+  r: Any
+
+
+def scale_by_root_accumulator(decay: float | None, eps: float,
+                              initial: float = 0.0) -> optax.GradientTransformation:
+  """g -> g / (eps + sqrt(r)), the slides' AdaGrad (decay None: r <- r + g^2) or
+  RMSProp (r <- decay r + (1 - decay) g^2).
+
+  The learning rate and sign come from a following ``scale_by_learning_rate``. Where
+  the denominator is exactly zero (eps = 0 and every gradient so far was zero) the
+  update is zero rather than 0/0.
+  """
+  if eps < 0:
+    raise ConfigError(f"optim.eps must be >= 0, got {eps}.")
+
+  def init(params):
+    return RootAccumulatorState(
+        r=jax.tree.map(lambda p: jnp.full_like(p, initial), params))
+
+  def update(updates, state, params=None):
+    del params
+    if decay is None:
+      r = jax.tree.map(lambda r, g: r + jnp.square(g), state.r, updates)
+    else:
+      r = jax.tree.map(lambda r, g: decay * r + (1 - decay) * jnp.square(g),
+                       state.r, updates)
+
+    def scale(g, r):
+      denom = eps + jnp.sqrt(r)
+      return jnp.where(denom > 0, g / jnp.where(denom > 0, denom, 1), 0).astype(g.dtype)
+
+    return jax.tree.map(scale, updates, r), RootAccumulatorState(r=r)
+
+  return optax.GradientTransformation(init, update)
 
 
 def _decoupled_decay(wd: float, schedule: Schedule,

@@ -138,3 +138,74 @@ def test_bad_optimizer_config_is_one_sentence(cfg, lr):
 def test_unknown_schedule():
   with pytest.raises(ConfigError, match="valid choices"):
     optim.make_schedule({"name": "triangle"}, 0.1)
+
+
+# --- The slides' AdaGrad / RMSProp: delta outside the square root -------------------
+
+def test_adagrad_large_delta_is_outside_the_root():
+  # Slides: r = 4, dw = -0.1 * 2 / (0.5 + sqrt(4)) = -0.08 (delta inside: -0.0943).
+  # Step 2: r = 5, dw = -0.1 * 1 / (0.5 + sqrt(5)).
+  got = _steps("adagrad", [2.0, 1.0], eps=0.5)
+  assert got == pytest.approx([0.92, 0.92 - 0.1 / (0.5 + np.sqrt(5.0))], rel=1e-6)
+
+
+def test_rmsprop_large_delta_is_outside_the_root():
+  # r = 0.1 * 4 = 0.4, dw = -0.2 / (0.5 + sqrt(0.4)) = -0.176607 (delta inside: -0.2108).
+  got = _steps("rmsprop", [2.0], eps=0.5, decay=0.9)
+  assert got[0] == pytest.approx(1 - 0.2 / (0.5 + np.sqrt(0.4)), rel=1e-6)
+  assert got[0] == pytest.approx(1 - 0.176607, abs=1e-6)
+
+
+def test_explicit_zero_eps_is_honoured():
+  # delta = 0: AdaGrad's first step is exactly -lr * g / |g| = -0.1 (1e-8 would not be).
+  cfg = ml_collections.ConfigDict({"name": "adagrad", "eps": 0.0})
+  tx = optim.make_optimizer(cfg, optim.make_schedule({"name": "constant"}, 0.1))
+  g = jnp.array(1e-7, jnp.float32)
+  updates, _ = tx.update({"w": g}, tx.init({"w": jnp.array(1.0)}))
+  # With delta = 1e-8 the step would be -0.1 * 1e-7 / 1.1e-7 = -0.0909.
+  assert float(updates["w"]) == pytest.approx(-0.1, rel=1e-5)
+  # A zero gradient with r = 0 and delta = 0 gives a zero step, not 0/0.
+  updates, _ = tx.update({"w": jnp.array(0.0)}, tx.init({"w": jnp.array(1.0)}))
+  assert float(updates["w"]) == 0.0
+
+
+def test_eps_none_means_the_default():
+  # g = 1e-7: -0.1 * 1e-7 / (1e-8 + 1e-7) = -0.0909...
+  got = _steps("adagrad", [1e-7], eps=None)
+  assert got[0] == pytest.approx(1 - 0.1 / 1.1, rel=1e-4)
+
+
+@pytest.mark.parametrize("name,kw,torch_cls,torch_kw", [
+    ("adagrad", {"eps": 0.5}, "Adagrad", {"eps": 0.5}),
+    ("adagrad", {"eps": 0.3, "initial_accumulator": 0.2}, "Adagrad",
+     {"eps": 0.3, "initial_accumulator_value": 0.2}),
+    ("rmsprop", {"eps": 0.5, "decay": 0.9}, "RMSprop", {"eps": 0.5, "alpha": 0.9}),
+    ("rmsprop", {"eps": 1e-3, "decay": 0.99}, "RMSprop", {"eps": 1e-3, "alpha": 0.99}),
+])
+def test_matches_torch_optim_over_several_steps(name, kw, torch_cls, torch_kw):
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(0)
+  w0 = rng.normal(size=(5,)).astype(np.float32)
+  grads = rng.normal(size=(6, 5)).astype(np.float32) * 3
+
+  w_t = torch.nn.Parameter(torch.tensor(w0))
+  opt = getattr(torch.optim, torch_cls)([w_t], lr=0.1, **torch_kw)
+  expected = []
+  for g in grads:
+    opt.zero_grad()
+    w_t.grad = torch.tensor(g)
+    opt.step()
+    expected.append(w_t.detach().numpy().copy())
+
+  cfg = ml_collections.ConfigDict({"name": name, **kw})
+  tx = optim.make_optimizer(cfg, optim.make_schedule({"name": "constant"}, 0.1))
+  params = {"w": jnp.asarray(w0)}
+  state = tx.init(params)
+  for g, want in zip(grads, expected):
+    updates, state = tx.update({"w": jnp.asarray(g)}, state, params)
+    params = optax_apply(params, updates)
+    np.testing.assert_allclose(params["w"], want, rtol=1e-5, atol=1e-6)
+
+
+def optax_apply(params, updates):
+  return jax.tree.map(lambda p, u: p + u, params, updates)
