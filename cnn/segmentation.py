@@ -54,9 +54,11 @@ import numpy as np
 
 from cnn.errors import ConfigError, exit_on_user_error, unknown_choice
 
+# The digit canvases live in cnn.data.canvas; these names stay importable from here.
+from cnn.data.canvas import (CANVAS_SOURCES, INK_FRACTION, MNIST_BOX,  # noqa: F401
+                             canvas_digits, ink_boxes, load_canvas, place_digits)
+
 IGNORE = -1                  # label of pixels that count nowhere
-CANVAS_SOURCES = ("canvas", "canvas:mnist", "canvas:digits")
-INK_FRACTION = 0.5           # a digit's pixel is labelled where ink >= half its maximum
 
 
 # ----------------------------------------------------------------------------------
@@ -125,108 +127,6 @@ def pixel_topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Arra
   k = min(k, logits.shape[-1])
   label_logit = jnp.take_along_axis(logits, jnp.maximum(labels, 0)[..., None], axis=-1)
   return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
-
-
-# ----------------------------------------------------------------------------------
-# Digits on a canvas
-# ----------------------------------------------------------------------------------
-
-def place_digits(digits: np.ndarray, classes: np.ndarray, count: int, *,
-                 size: int = 64, min_digits: int = 1, max_digits: int = 3,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """`count` canvases (N, size, size, 1) uint8 and label maps (N, size, size) int32.
-
-  Each canvas holds between `min_digits` and `max_digits` digits drawn from `digits`
-  (M, h, w) uint8 with classes `classes`, at random positions whose boxes do not
-  overlap (a digit that finds no free place after 100 tries is left out). Pixels
-  of a digit with at least INK_FRACTION of its maximum ink get 1 + its class.
-  """
-  digits = np.asarray(digits)
-  if digits.ndim == 4:
-    digits = digits[..., 0]
-  h, w = digits.shape[1:3]
-  if h > size or w > size:
-    raise ConfigError(f"Digits of {h}x{w} do not fit a {size}x{size} canvas; use "
-                      f"segmentation.canvas_size >= {max(h, w)}.")
-  if not 1 <= min_digits <= max_digits:
-    raise ConfigError(f"segmentation.min_digits ({min_digits}) and max_digits "
-                      f"({max_digits}) must satisfy 1 <= min <= max.")
-  rng = np.random.default_rng(seed)
-  images = np.zeros((count, size, size), np.uint8)
-  labels = np.zeros((count, size, size), np.int32)
-  peak = digits.reshape(len(digits), -1).max(1)
-  for i in range(count):
-    boxes: list[tuple[int, int]] = []
-    for _ in range(rng.integers(min_digits, max_digits + 1)):
-      for _ in range(100):
-        top, left = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
-        if all(abs(top - t) >= h or abs(left - l) >= w for t, l in boxes):
-          boxes.append((top, left))
-          break
-    for top, left in boxes:
-      j = rng.integers(len(digits))
-      ink = digits[j]
-      window = (slice(top, top + h), slice(left, left + w))
-      images[i][window] = np.maximum(images[i][window], ink)
-      on = ink.astype(np.float32) >= INK_FRACTION * max(int(peak[j]), 1)
-      labels[i][window] = np.where(on, int(classes[j]) + 1, labels[i][window])
-  return images[..., None], labels
-
-
-MNIST_BOX = 20     # every MNIST digit's ink fits a 20x20 box
-
-
-def ink_boxes(images: np.ndarray, box: int = MNIST_BOX) -> np.ndarray:
-  """(N, box, box) windows of (N, H, W) digits centred on each digit's ink bounding
-  box (clipped to the image), so a digit whose ink fits `box` is kept whole."""
-  n, h, w = images.shape
-  out = np.zeros((n, box, box), images.dtype)
-  rows, cols = images.any(2), images.any(1)
-  for i in range(n):
-    r, c = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
-    if len(r) == 0:
-      continue
-    top = int(np.clip((r[0] + r[-1] + 1 - box) // 2, 0, h - box))
-    left = int(np.clip((c[0] + c[-1] + 1 - box) // 2, 0, w - box))
-    out[i] = images[i, top:top + box, left:left + box]
-  return out
-
-
-def _canvas_digits(kind: str, data_dir: Optional[str]):
-  """(train digits, train classes, test digits, test classes, name) for the canvas."""
-  from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
-  from cnn.data import sources  # pylint: disable=import-outside-toplevel
-  if kind == "canvas":
-    root = pathlib.Path(data_dir or sources._data_root(None))  # pylint: disable=protected-access
-    kind = "canvas:mnist" if (root / "mnist").is_dir() else "canvas:digits"
-  if kind == "canvas:mnist":
-    ds = data_lib.load("mnist", data_dir=data_dir)
-    crop = lambda x: ink_boxes(x[..., 0])
-  else:
-    ds = data_lib.load("digits")
-    crop = lambda x: x[:, 4:28, 4:28, 0]     # the 24x24 digit in its 32x32 field
-  return (crop(ds.train.x), np.asarray(ds.train.y), crop(ds.test.x), np.asarray(ds.test.y),
-          kind)
-
-
-def load_canvas(source: str = "canvas", *, size: int = 48, min_digits: int = 1,
-                max_digits: int = 3, train_size: int = 6000, test_size: int = 500,
-                seed: int = 0, data_dir: Optional[str] = None):
-  """The digit-canvas segmentation task as a cnn.data Dataset (11 classes)."""
-  from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
-  if source not in CANVAS_SOURCES:
-    raise unknown_choice("canvas source", source, CANVAS_SOURCES)
-  for what, n in (("train_size", train_size), ("test_size", test_size)):
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-      raise ConfigError(f"segmentation.{what} must be a positive int, got {n!r}.")
-  tx, ty, vx, vy, name = _canvas_digits(source, data_dir)
-  kw = dict(size=size, min_digits=min_digits, max_digits=max_digits)
-  # Separate streams so the test canvases do not change with train_size.
-  train = data_lib.Split(*place_digits(tx, ty, train_size, seed=seed * 2 + 0, **kw))
-  test = data_lib.Split(*place_digits(vx, vy, test_size, seed=seed * 2 + 1, **kw))
-  mean, std = data_lib.channel_stats(train)
-  return data_lib.Dataset(name=name, train=train, eval=test, test=test, num_classes=11,
-                          mean=mean, std=std, task="segmentation")
 
 
 # ----------------------------------------------------------------------------------
