@@ -6,22 +6,21 @@ computed:
 - ``"xla"``: `lax.conv_general_dilated`, the reference and the fastest on GPU/TPU.
 - ``"auto"``: the fastest known implementation for the current backend.
 
-Other implementations register themselves in `CONV_IMPLS` (see `register_impl`), so a
-faster kernel for one backend is one function, checked against ``"xla"`` in the tests.
+Other implementations are registered in `CONV_IMPLS` (see `register_impl`; ``"gemm"``
+below), so a faster kernel for one backend is one function, checked against ``"xla"``
+in the tests.
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence, Union
 
 import jax
-from jax import lax
 
+from cnn.conv_gemm import conv_gemm
+from cnn.conv_xla import DIMENSION_NUMBERS, PairPadding, conv_xla  # noqa: F401
 from cnn.errors import ConfigError, unknown_choice
 
 Padding = Union[str, int, Sequence[int], Sequence[tuple[int, int]]]
-PairPadding = Union[str, tuple[tuple[int, int], tuple[int, int]]]
-
-DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
 def pair(value: int | Sequence[int], name: str = "value") -> tuple[int, int]:
@@ -50,14 +49,6 @@ def normalize_padding(padding: Padding) -> PairPadding:
   if len(padding) == 2 and all(len(p) == 2 for p in padding):
     return tuple((int(lo), int(hi)) for lo, hi in padding)  # type: ignore[return-value]
   raise ConfigError(f"Cannot read padding {padding!r}; use 'SAME', 'VALID', P or (P_h, P_w).")
-
-
-def conv_xla(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-             padding: PairPadding, dilation: tuple[int, int], groups: int) -> jax.Array:
-  """The reference: XLA's own convolution."""
-  return lax.conv_general_dilated(
-      x, kernel, window_strides=strides, padding=padding, rhs_dilation=dilation,
-      dimension_numbers=DIMENSION_NUMBERS, feature_group_count=groups)
 
 
 ConvImpl = Callable[..., jax.Array]
@@ -91,4 +82,5 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: int | Sequence[int] = 1,
       pair(dilation, "dilation"), groups)
 
 
-from cnn import conv_gemm  # noqa: E402,F401  registers "gemm" (imports this module back)
+# 1x1 convolutions as matmuls and a fusion barrier: faster than XLA's on CPU (conv_gemm).
+register_impl("gemm", conv_gemm, auto_for=("cpu",))

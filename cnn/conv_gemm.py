@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from cnn import conv as conv_lib
+from cnn import conv_xla as conv_lib
 
 Array = jax.Array
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -146,4 +146,3 @@ def conv_gemm(x: Array, kernel: Array, strides: tuple[int, int],
   return _conv_stored_input(x, kernel, strides, pads, dilation, groups)
 
 
-conv_lib.register_impl("gemm", conv_gemm, auto_for=("cpu",))
