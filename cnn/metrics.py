@@ -7,7 +7,7 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,77 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
   if label_smoothing:
     targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
   return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
+
+
+# ----------------------------------------------------------------------------------
+# Per-pixel (segmentation): Long et al. 2015's metrics; see cnn/segmentation.py
+# ----------------------------------------------------------------------------------
+
+IGNORE = -1                  # label of pixels that count nowhere
+
+
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(sum of the per-pixel softmax cross-entropies, number of labelled pixels).
+
+  `logits` (..., H, W, K), `labels` (..., H, W) ints; pixels labelled < 0 count
+  nowhere. The mean loss is the first over the second.
+  """
+  valid = labels >= 0
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(log_p, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
+  return -jnp.sum(jnp.where(valid, picked, 0.0)), jnp.sum(valid).astype(jnp.float32)
+
+
+def mean_pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  total, count = pixel_cross_entropy(logits, labels)
+  return total / jnp.maximum(count, 1.0)
+
+
+def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int,
+                     weights: Optional[jax.Array] = None) -> jax.Array:
+  """(K, K) int32 counts n_ij of pixels of class i (rows) predicted as j (columns).
+
+  Pixels labelled < 0 are skipped, and so are those of images whose entry in the 0/1
+  `weights` (one per leading index: the padding of the last evaluation batch) is 0.
+  Integer counts stay exact past float32's 2^24 (a Pets test set has ~60 M pixels).
+  """
+  labels = labels.astype(jnp.int32)
+  w = (labels >= 0).astype(jnp.int32)
+  if weights is not None:
+    keep = (jnp.asarray(weights) > 0).astype(jnp.int32)
+    w = w * keep.reshape(keep.shape + (1,) * (labels.ndim - keep.ndim))
+  index = jnp.clip(labels, 0, num_classes - 1) * num_classes + jnp.clip(
+      predictions.astype(jnp.int32), 0, num_classes - 1)
+  counts = jnp.bincount(index.ravel(), weights=w.ravel(), length=num_classes ** 2)
+  return counts.reshape(num_classes, num_classes)
+
+
+def segmentation_scores(confusion: np.ndarray) -> dict[str, Any]:
+  """FCN's four metrics (module docstring) and the per-class IU of a confusion matrix."""
+  n = np.asarray(confusion, np.float64)
+  hits = np.diag(n)
+  truth = n.sum(1)                        # t_i
+  union = truth + n.sum(0) - hits         # t_i + sum_j n_ji - n_ii
+  with np.errstate(invalid="ignore", divide="ignore"):
+    iou = np.where(union > 0, hits / union, np.nan)
+    accuracy = np.where(truth > 0, hits / truth, np.nan)
+  total = truth.sum()
+  present = union > 0
+  return {
+      "pixel_accuracy": float(hits.sum() / total) if total else float("nan"),
+      "mean_accuracy": float(np.nanmean(accuracy)) if np.any(truth > 0) else float("nan"),
+      "mean_iou": float(np.nanmean(iou)) if np.any(present) else float("nan"),
+      "fw_iou": float(np.sum(truth[present] * iou[present]) / total) if total else
+                float("nan"),
+      "iou": [None if np.isnan(v) else float(v) for v in iou],
+  }
+
+
+def pixel_topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """1.0 where a pixel's label is among its k largest logits (ties in its favour)."""
+  k = min(k, logits.shape[-1])
+  label_logit = jnp.take_along_axis(logits, jnp.maximum(labels, 0)[..., None], axis=-1)
+  return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
 
 
 def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:

@@ -40,7 +40,6 @@ its own loss and evaluation:
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import pathlib
 import sys
@@ -58,75 +57,11 @@ from cnn.errors import ConfigError, exit_on_user_error, unknown_choice
 from cnn.data.canvas import (CANVAS_SOURCES, INK_FRACTION, MNIST_BOX,  # noqa: F401
                              canvas_digits, ink_boxes, load_canvas, place_digits)
 
-IGNORE = -1                  # label of pixels that count nowhere
-
-
-# ----------------------------------------------------------------------------------
-# Loss and metrics
-# ----------------------------------------------------------------------------------
-
-def pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(sum of the per-pixel softmax cross-entropies, number of labelled pixels).
-
-  `logits` (..., H, W, K), `labels` (..., H, W) ints; pixels labelled < 0 count
-  nowhere. The mean loss is the first over the second.
-  """
-  valid = labels >= 0
-  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  picked = jnp.take_along_axis(log_p, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
-  return -jnp.sum(jnp.where(valid, picked, 0.0)), jnp.sum(valid).astype(jnp.float32)
-
-
-def mean_pixel_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  total, count = pixel_cross_entropy(logits, labels)
-  return total / jnp.maximum(count, 1.0)
-
-
-def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int,
-                     weights: Optional[jax.Array] = None) -> jax.Array:
-  """(K, K) int32 counts n_ij of pixels of class i (rows) predicted as j (columns).
-
-  Pixels labelled < 0 are skipped, and so are those of images whose entry in the 0/1
-  `weights` (one per leading index: the padding of the last evaluation batch) is 0.
-  Integer counts stay exact past float32's 2^24 (a Pets test set has ~60 M pixels).
-  """
-  labels = labels.astype(jnp.int32)
-  w = (labels >= 0).astype(jnp.int32)
-  if weights is not None:
-    keep = (jnp.asarray(weights) > 0).astype(jnp.int32)
-    w = w * keep.reshape(keep.shape + (1,) * (labels.ndim - keep.ndim))
-  index = jnp.clip(labels, 0, num_classes - 1) * num_classes + jnp.clip(
-      predictions.astype(jnp.int32), 0, num_classes - 1)
-  counts = jnp.bincount(index.ravel(), weights=w.ravel(), length=num_classes ** 2)
-  return counts.reshape(num_classes, num_classes)
-
-
-def scores(confusion: np.ndarray) -> dict[str, Any]:
-  """FCN's four metrics (module docstring) and the per-class IU of a confusion matrix."""
-  n = np.asarray(confusion, np.float64)
-  hits = np.diag(n)
-  truth = n.sum(1)                        # t_i
-  union = truth + n.sum(0) - hits         # t_i + sum_j n_ji - n_ii
-  with np.errstate(invalid="ignore", divide="ignore"):
-    iou = np.where(union > 0, hits / union, np.nan)
-    accuracy = np.where(truth > 0, hits / truth, np.nan)
-  total = truth.sum()
-  present = union > 0
-  return {
-      "pixel_accuracy": float(hits.sum() / total) if total else float("nan"),
-      "mean_accuracy": float(np.nanmean(accuracy)) if np.any(truth > 0) else float("nan"),
-      "mean_iou": float(np.nanmean(iou)) if np.any(present) else float("nan"),
-      "fw_iou": float(np.sum(truth[present] * iou[present]) / total) if total else
-                float("nan"),
-      "iou": [None if np.isnan(v) else float(v) for v in iou],
-  }
-
-
-def pixel_topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-  """1.0 where a pixel's label is among its k largest logits (ties in its favour)."""
-  k = min(k, logits.shape[-1])
-  label_logit = jnp.take_along_axis(logits, jnp.maximum(labels, 0)[..., None], axis=-1)
-  return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
+# The per-pixel loss and FCN's metrics live in cnn.metrics (the engine's tasks use them
+# without importing this module's loop); these names stay importable from here.
+from cnn.metrics import (IGNORE, confusion_matrix, mean_pixel_cross_entropy,  # noqa: F401
+                         pixel_cross_entropy, pixel_topk_correct)
+from cnn.metrics import segmentation_scores as scores  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------
@@ -185,81 +120,6 @@ def load_data(config):
 
 
 # ----------------------------------------------------------------------------------
-# Steps
-# ----------------------------------------------------------------------------------
-
-def _main(output):
-  """Models with auxiliary outputs return (logits, aux, ...): the first is the map."""
-  return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def loss_fn(params, batch_stats, images, masks, rng, *, model, cfg):
-  """Mean pixel cross-entropy + the papers' L2 term; aux = (loss, logits, stats)."""
-  from cnn import optim  # pylint: disable=import-outside-toplevel
-  output, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
-  new_stats = updates.get("batch_stats", batch_stats)
-  logits = _main(output)
-  loss = mean_pixel_cross_entropy(logits, masks)
-  return loss + optim.l2_penalty(params, cfg.weight_decay_in_loss), (loss, logits, new_stats)
-
-
-def make_train_step(model, tx, schedule, cfg):
-  """train_step(state, images, masks) -> (state, metrics): the engine's guarded update
-  with the pixel loss; 'top1_error' / 'top5_error' are per-pixel errors."""
-  from cnn import train  # pylint: disable=import-outside-toplevel
-
-  def train_step(state, images, masks):
-    rng = jax.random.fold_in(state.rng, state.step)
-    grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, cfg=cfg),
-                                 has_aux=True)
-    (_, (loss, logits, new_stats)), grads = grad_fn(state.params, state.batch_stats,
-                                                    images, masks, rng)
-    valid = (masks >= 0).astype(jnp.float32)
-    count = jnp.maximum(jnp.sum(valid), 1.0)
-    metrics = {"loss": loss}
-    for k in (1, 5):
-      correct = jnp.sum(pixel_topk_correct(logits, masks, k) * valid)
-      metrics[f"top{k}_error"] = 1.0 - correct / count
-    return train.apply_update(state, grads, new_stats, metrics, tx=tx, schedule=schedule,
-                              cfg=cfg)
-
-  return train_step
-
-
-def make_eval_step(model, num_classes: int):
-  """eval_step(state, images, masks, mask) -> sums: loss, labelled pixels, confusion."""
-  def eval_step(state, images, masks, weight):
-    logits = _main(model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False))
-    w = weight[:, None, None]
-    masks = jnp.where(w > 0, masks, IGNORE)
-    total, count = pixel_cross_entropy(logits, masks)
-    return {"loss": total, "pixels": count,
-            "confusion": confusion_matrix(masks, jnp.argmax(logits, -1), num_classes)}
-
-  return eval_step
-
-
-def evaluate(eval_step, state, split, *, batch_size: int, mean, std, mesh,
-             out_size=None) -> dict[str, Any]:
-  """Loss and FCN's metrics over a whole split, each pixel once."""
-  from cnn import data as data_lib, sharding  # pylint: disable=import-outside-toplevel
-  totals = None
-  shard = sharding.batch_sharding(mesh)
-  for images, masks, weight in data_lib.eval_batches(split, batch_size, mean=mean,
-                                                     std=std, out_size=out_size):
-    batch = jax.device_put((np.asarray(images), np.asarray(masks, np.int32),
-                            np.asarray(weight, np.float32)), shard)
-    sums = eval_step(state, *batch)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  result = scores(totals["confusion"])
-  result["loss"] = float(totals["loss"]) / max(float(totals["pixels"]), 1.0)
-  return result
-
-
-# ----------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------
 
@@ -284,7 +144,7 @@ def build_run(config):
       weight_decay_in_loss=wd if optim.uses_l2_in_loss(config.optim) else 0.0,
       nonfinite=config.train.get("nonfinite", "stop"),
       log_grad_norms=bool(config.train.get("log_grad_norms", False)),
-      log_every=int(config.train.log_every))
+      log_every=int(config.train.log_every), task="segmentation")
   return train.Run(config, mesh, dataset, model, schedule, tx, step_cfg, input_shape,
                    out_size)
 
@@ -294,7 +154,8 @@ def compile_steps(run, shardings):
   pipeline fused into the jitted train step, as the engine does."""
   from cnn import data as data_lib, sharding  # pylint: disable=import-outside-toplevel
   cfg, ds, mesh = run.config, run.dataset, run.mesh
-  core = make_train_step(run.model, run.tx, run.schedule, run.step_cfg)
+  from cnn import train  # pylint: disable=import-outside-toplevel
+  core = train.make_train_step(run.model, run.tx, run.schedule, run.step_cfg)
   batch_fn = data_lib.make_train_batch_fn(
       len(ds.train), cfg.train.batch_size, augment=cfg.data.get("augment", "none"),
       mean=ds.mean, std=ds.std, seed=cfg.seed, out_size=run.out_size,
@@ -307,7 +168,7 @@ def compile_steps(run, shardings):
   train_step = jax.jit(fused, in_shardings=(shardings, replicated, replicated),
                        out_shardings=(shardings, replicated), donate_argnums=0)
   batch = sharding.batch_sharding(mesh)
-  eval_step = jax.jit(make_eval_step(run.model, ds.num_classes),
+  eval_step = jax.jit(train.make_eval_step(run.model, "segmentation"),
                       in_shardings=(shardings, batch, batch, batch))
   return train_step, eval_step, data_lib.put_on_devices(ds.train, mesh)
 
@@ -352,8 +213,9 @@ def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False) -> dict
               "img_per_s": (step - window_step) * tc.batch_size /
                            max(time.time() - window_start, 1e-9)}
     if at_eval:
-      ev = evaluate(eval_step, state, ds.eval, batch_size=eval_bs, mean=ds.mean,
-                    std=ds.std, mesh=run.mesh, out_size=run.out_size)
+      ev = train.evaluate(eval_step, state, ds.eval, batch_size=eval_bs, mean=ds.mean,
+                          std=ds.std, mesh=run.mesh, out_size=run.out_size,
+                          task="segmentation")
       record.update({f"eval_{k}": v for k, v in ev.items() if k != "iou"})
       checkpointer.save_best(step, state, record)
       last_iou = ev["iou"]

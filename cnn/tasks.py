@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn import metrics as metrics_lib
-from cnn import segmentation as seg
 from cnn.errors import unknown_choice
 
 
@@ -108,26 +107,26 @@ class SegmentationTask(Task):
   def loss(self, output, labels, *, label_smoothing: float = 0.0):
     del label_smoothing
     logits = main_output(output)
-    loss = seg.mean_pixel_cross_entropy(logits, labels)
+    loss = metrics_lib.mean_pixel_cross_entropy(logits, labels)
     valid = (labels >= 0).astype(jnp.float32)
     count = jnp.maximum(jnp.sum(valid), 1.0)
     metrics = {"loss": loss}
     for k in (1, 5):
-      correct = jnp.sum(seg.pixel_topk_correct(logits, labels, k) * valid)
+      correct = jnp.sum(metrics_lib.pixel_topk_correct(logits, labels, k) * valid)
       metrics[f"top{k}_error"] = 1.0 - correct / count
     return loss, metrics
 
   def eval_batch(self, model, variables, images, labels, mask):
     logits = self.predict(model, variables, images)
-    labels = jnp.where(mask[:, None, None] > 0, labels, seg.IGNORE)
-    total, count = seg.pixel_cross_entropy(logits, labels)
+    labels = jnp.where(mask[:, None, None] > 0, labels, metrics_lib.IGNORE)
+    total, count = metrics_lib.pixel_cross_entropy(logits, labels)
     return {"loss": total, "pixels": count,
-            "confusion": seg.confusion_matrix(labels, jnp.argmax(logits, -1),
+            "confusion": metrics_lib.confusion_matrix(labels, jnp.argmax(logits, -1),
                                               logits.shape[-1])}
 
   def eval_scores(self, batches):
     t = sum_batches(batches)
-    result = seg.scores(t["confusion"])
+    result = metrics_lib.segmentation_scores(t["confusion"])
     result["loss"] = float(t["loss"]) / max(float(t["pixels"]), 1.0)
     return result
 

@@ -38,6 +38,7 @@ from cnn import metrics as metrics_lib
 from cnn import models
 from cnn import optim
 from cnn import sharding
+from cnn import tasks
 from cnn import transfer
 from cnn.errors import ConfigError, unknown_choice
 
@@ -110,40 +111,16 @@ class StepConfig:
   nonfinite: str = "stop"          # "stop" | "skip"
   log_grad_norms: bool = False
   log_every: int = 100             # the metric window restarts at multiples of it
-
-
-def _logits_and_stats(model, params, batch_stats, images, rng, train: bool):
-  variables = {"params": params, "batch_stats": batch_stats}
-  if train:
-    logits, updates = model.apply(variables, images, train=True, rngs={"dropout": rng},
-                                  mutable=["batch_stats"])
-    return logits, updates.get("batch_stats", batch_stats)
-  return model.apply(variables, images, train=False), batch_stats
-
-
-def _main_logits(output):
-  """Models with auxiliary heads return (logits, aux...) in training; the first is
-  the prediction."""
-  return output[0] if isinstance(output, (tuple, list)) else output
+  task: str = "classification"     # a cnn.tasks name: the loss and its train metrics
 
 
 def loss_fn(params, batch_stats, images, labels, rng, *, model, cfg: StepConfig):
-  """Mean cross-entropy (+ auxiliary heads at 0.3, GoogLeNet) + the papers' L2 term."""
-  output, new_stats = _logits_and_stats(model, params, batch_stats, images, rng, True)
-  logits = _main_logits(output)
-  loss = jnp.mean(metrics_lib.cross_entropy(logits, labels, cfg.label_smoothing))
-  if isinstance(output, (tuple, list)):
-    for aux in output[1:]:
-      loss = loss + 0.3 * jnp.mean(metrics_lib.cross_entropy(aux, labels,
-                                                             cfg.label_smoothing))
-  total = loss + optim.l2_penalty(params, cfg.weight_decay_in_loss)
-  return total, (loss, logits, new_stats)
-
-
-def _batch_metrics(loss, logits, labels) -> dict[str, jax.Array]:
-  return {"loss": loss,
-          "top1_error": 1.0 - jnp.mean(metrics_lib.topk_correct(logits, labels, 1)),
-          "top5_error": 1.0 - jnp.mean(metrics_lib.topk_correct(logits, labels, 5))}
+  """The task's loss (`cnn.tasks`) + the papers' L2 term; aux = (metrics, new stats)."""
+  task = tasks.get(cfg.task)
+  output, new_stats = task.forward_train(
+      model, {"params": params, "batch_stats": batch_stats}, images, labels, rng)
+  loss, metrics = task.loss(output, labels, label_smoothing=cfg.label_smoothing)
+  return loss + optim.l2_penalty(params, cfg.weight_decay_in_loss), (metrics, new_stats)
 
 
 def _finite(tree) -> jax.Array:
@@ -213,10 +190,10 @@ def make_train_step(model, tx, schedule, cfg: StepConfig) -> Callable:
     rng = jax.random.fold_in(state.rng, state.step)
     grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, cfg=cfg),
                                  has_aux=True)
-    (_, (loss, logits, new_stats)), grads = grad_fn(
+    (_, (metrics, new_stats)), grads = grad_fn(
         state.params, state.batch_stats, images, labels, rng)
-    return apply_update(state, grads, new_stats, _batch_metrics(loss, logits, labels),
-                        tx=tx, schedule=schedule, cfg=cfg)
+    return apply_update(state, grads, new_stats, metrics, tx=tx, schedule=schedule,
+                        cfg=cfg)
 
   return train_step
 
@@ -237,11 +214,11 @@ def make_shard_map_train_step(model, tx, schedule, cfg: StepConfig, mesh) -> Cal
                              jax.lax.axis_index(axis))
     grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, cfg=cfg),
                                  has_aux=True)
-    (_, (loss, logits, new_stats)), grads = grad_fn(
+    (_, (metrics, new_stats)), grads = grad_fn(
         state.params, state.batch_stats, images, labels, rng)
     grads = jax.lax.pmean(grads, axis)
     new_stats = jax.lax.pmean(new_stats, axis)
-    metrics = jax.lax.pmean(_batch_metrics(loss, logits, labels), axis)
+    metrics = jax.lax.pmean(metrics, axis)
     return apply_update(state, grads, new_stats, metrics, tx=tx, schedule=schedule,
                         cfg=cfg)
 
@@ -251,24 +228,22 @@ def make_shard_map_train_step(model, tx, schedule, cfg: StepConfig, mesh) -> Cal
                        out_specs=(P(), P()), check_vma=False)
 
 
-def make_eval_step(model) -> Callable:
-  """eval_step(state, images, labels, mask) -> sums of loss, top-1/5 correct, count."""
+def make_eval_step(model, task: str = "classification") -> Callable:
+  """eval_step(state, images, labels, mask) -> the task's sums over one batch (for
+  classification: loss, top-1/5 correct, count)."""
+  t = tasks.get(task)
 
   def eval_step(state: TrainState, images, labels, mask):
-    logits = _main_logits(model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False))
-    loss = metrics_lib.cross_entropy(logits, labels)
-    return {"loss": jnp.sum(loss * mask),
-            "top1": jnp.sum(metrics_lib.topk_correct(logits, labels, 1) * mask),
-            "top5": jnp.sum(metrics_lib.topk_correct(logits, labels, 5) * mask),
-            "count": jnp.sum(mask)}
+    return t.eval_batch(model, {"params": state.params, "batch_stats": state.batch_stats},
+                        images, labels, mask)
 
   return eval_step
 
 
 def evaluate(eval_step: Callable, state: TrainState, split, *, batch_size: int, mean,
-             std, mesh, out_size=None) -> dict[str, float]:
-  """Loss and top-1/top-5 error over the whole split, exactly once per example."""
+             std, mesh, out_size=None, task: str = "classification") -> dict[str, Any]:
+  """The task's scores over the whole split, exactly once per example (for
+  classification: loss and top-1/top-5 error)."""
   totals = None
   shard = sharding.batch_sharding(mesh)
   for images, labels, mask in data_lib.eval_batches(split, batch_size, mean=mean, std=std,
@@ -277,10 +252,7 @@ def evaluate(eval_step: Callable, state: TrainState, split, *, batch_size: int, 
                             np.asarray(mask, np.float32)), shard)
     sums = eval_step(state, *batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  n = max(float(totals["count"]), 1.0)
-  return {"loss": float(totals["loss"]) / n, "top1_error": 1.0 - float(totals["top1"]) / n,
-          "top5_error": 1.0 - float(totals["top5"]) / n, "examples": int(totals["count"])}
+  return tasks.get(task).eval_scores([jax.device_get(totals)])
 
 
 # ----------------------------------------------------------------------------------
