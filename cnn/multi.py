@@ -118,7 +118,8 @@ def init_states(runs: Sequence[train.Run]) -> train.TrainState:
   run = runs[0]
   create = functools.partial(train.create_train_state, run.model, run.tx,
                              input_shape=run.input_shape,
-                             log_grad_norms=run.step_cfg.log_grad_norms)
+                             log_grad_norms=run.step_cfg.log_grad_norms,
+                             task=run.step_cfg.task)
   seeds = jnp.array([r.config.seed for r in runs], jnp.uint32)
   return jax.jit(jax.vmap(lambda s: create(jax.random.key(s))))(seeds)
 

@@ -271,9 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = config_lib.load(args.config, [a for a in rest if a.startswith("--config.")])
     result = fit(config, args.workdir, overwrite=args.overwrite)
   if "eval_mean_iou" in result:
-    print(f"step {result['step']}: mean IoU {100 * result['eval_mean_iou']:.2f}%, pixel "
-          f"accuracy {100 * result['eval_pixel_accuracy']:.2f}%, mean accuracy "
-          f"{100 * result['eval_mean_accuracy']:.2f}%")
+    from cnn import tasks  # pylint: disable=import-outside-toplevel
+    print(tasks.SegmentationTask().summary(result))
   return 0
 
 

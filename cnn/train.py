@@ -72,9 +72,11 @@ def stage_of(group: str) -> str:
   return re.split(r"_(?:block|layer|transition)", group, maxsplit=1)[0]
 
 
-def metric_names(params: Any, log_grad_norms: bool) -> list[str]:
-  """The train metrics a step accumulates (per-stage gradient norms on request)."""
-  names = ["loss", "top1_error", "top5_error", "grad_norm"]
+def metric_names(params: Any, log_grad_norms: bool,
+                 task: str = "classification") -> list[str]:
+  """The train metrics a step accumulates: the task's, the gradient norm, and
+  per-stage gradient norms on request."""
+  names = [*tasks.get(task).train_metric_names(), "grad_norm"]
   if log_grad_norms:
     names += sorted({f"grad_norm/{stage_of(g)}" for g in param_groups(params)})
   return names
@@ -82,7 +84,8 @@ def metric_names(params: Any, log_grad_norms: bool) -> list[str]:
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
                        rng: jax.Array, input_shape: tuple[int, ...],
-                       log_grad_norms: bool = False) -> TrainState:
+                       log_grad_norms: bool = False,
+                       task: str = "classification") -> TrainState:
   """Initialises parameters (in eval mode, on a dummy batch) and the optimizer."""
   init_rng, state_rng = jax.random.split(rng)
   variables = model.init({"params": init_rng, "dropout": init_rng},
@@ -96,7 +99,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
       skipped=jnp.zeros([], jnp.int32), halted_at=jnp.array(-1, jnp.int32),
       bad_groups=jnp.zeros([len(param_groups(params))], bool),
       window={k: jnp.zeros([], jnp.float32)
-              for k in metric_names(params, log_grad_norms) + ["count"]})
+              for k in metric_names(params, log_grad_norms, task) + ["count"]})
 
 
 # ----------------------------------------------------------------------------------
@@ -348,7 +351,8 @@ def init_state(run: Run) -> tuple[TrainState, Any]:
   rng = jax.random.key(run.config.seed)
   create = functools.partial(create_train_state, run.model, run.tx,
                              input_shape=run.input_shape,
-                             log_grad_norms=run.step_cfg.log_grad_norms)
+                             log_grad_norms=run.step_cfg.log_grad_norms,
+                             task=run.step_cfg.task)
   abstract = jax.eval_shape(create, rng)
   shardings = sharding.state_shardings(abstract, run.mesh)
   state = jax.jit(create, out_shardings=shardings)(rng)

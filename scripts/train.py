@@ -52,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stopped at step {result.get('step')} with a checkpoint; run the same "
           "command again to resume.", file=sys.stderr)
   elif "eval_top1_error" in result:
-    print(f"step {result['step']}: test accuracy {100 * (1 - result['eval_top1_error']):.2f}% "
-          f"(top-1 error {100 * result['eval_top1_error']:.2f}%, eval loss "
-          f"{result['eval_loss']:.4f})")
+    from cnn import tasks
+    print(tasks.get(config.task).summary(result))
   else:
     print(summary)
   return 0
