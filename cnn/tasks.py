@@ -46,6 +46,21 @@ class Task:
   name = "classification"
   best_metric = "eval_top1_error"
   best_mode = "min"
+  # Labels with the image's spatial layout (masks) cannot follow an on-device random
+  # crop or resize, so such a task loads its images at data.image_size instead.
+  dense_labels = False
+  # True: `eval_batch` returns sums, added up on the device; False: it returns
+  # per-example arrays (detections), and `eval_scores` gets the list of batches.
+  sum_on_device = True
+
+  def load_data(self, config):
+    """The Dataset ``config.data`` names, with this task's labels."""
+    from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
+    d = config.data
+    return data_lib.load(d.source, data_dir=d.get("data_dir"),
+                         validation_size=d.get("validation_size", 0), seed=config.seed,
+                         image_size=d.get("image_size"), channels=d.get("channels"),
+                         num_classes=d.get("num_classes"), task=self.name)
 
   def train_metric_names(self) -> tuple[str, ...]:
     return ("loss", "top1_error", "top5_error")
@@ -103,6 +118,19 @@ class SegmentationTask(Task):
   name = "segmentation"
   best_metric = "eval_mean_iou"
   best_mode = "max"
+  dense_labels = True
+
+  def load_data(self, config):
+    """Digit canvases (``data.canvas``) for the canvas sources, else a masked source."""
+    from cnn.data import canvas  # pylint: disable=import-outside-toplevel
+    d = config.data
+    if d.source not in canvas.CANVAS_SOURCES:
+      return super().load_data(config)
+    c = d.canvas
+    return canvas.load_canvas(d.source, size=c.size, min_digits=c.min_digits,
+                              max_digits=c.max_digits, train_size=c.train_size,
+                              test_size=c.test_size, seed=config.seed,
+                              data_dir=d.get("data_dir"))
 
   def loss(self, output, labels, *, label_smoothing: float = 0.0):
     del label_smoothing

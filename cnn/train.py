@@ -247,15 +247,19 @@ def evaluate(eval_step: Callable, state: TrainState, split, *, batch_size: int, 
              std, mesh, out_size=None, task: str = "classification") -> dict[str, Any]:
   """The task's scores over the whole split, exactly once per example (for
   classification: loss and top-1/top-5 error)."""
-  totals = None
+  t = tasks.get(task)
+  totals, batches = None, []
   shard = sharding.batch_sharding(mesh)
   for images, labels, mask in data_lib.eval_batches(split, batch_size, mean=mean, std=std,
                                                     out_size=out_size):
     batch = jax.device_put((np.asarray(images), np.asarray(labels, np.int32),
                             np.asarray(mask, np.float32)), shard)
-    sums = eval_step(state, *batch)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return tasks.get(task).eval_scores([jax.device_get(totals)])
+    out = eval_step(state, *batch)
+    if t.sum_on_device:     # sums stay on the device: one transfer per evaluation
+      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    else:
+      batches.append(jax.device_get(out))
+  return t.eval_scores([jax.device_get(totals)] if t.sum_on_device else batches)
 
 
 # ----------------------------------------------------------------------------------
@@ -321,13 +325,12 @@ def build_run(config) -> Run:
   config_lib.validate(config)
   mesh = sharding.make_mesh(config.train.get("model_parallel", 1))
   sharding.check_batch_size(config.train.batch_size, mesh)
-  d = config.data
-  dataset = data_lib.load(d.source, data_dir=d.get("data_dir"),
-                          validation_size=d.get("validation_size", 0), seed=config.seed,
-                          image_size=d.get("image_size"), channels=d.get("channels"),
-                          num_classes=d.get("num_classes"))
+  d, task = config.data, tasks.get(config.task)
+  dataset = task.load_data(config)
   model = build_model(config, dataset.num_classes)
-  out_size = tuple(d.image_size) if d.get("image_size") else None
+  # Dense labels (masks) are loaded at data.image_size; images alone are cropped or
+  # resized to it on the device.
+  out_size = tuple(d.image_size) if d.image_size and not task.dense_labels else None
   h, w, c = _example_shape(dataset.train, out_size)
   input_shape = (config.train.batch_size // sharding.data_size(mesh), h, w, c)
   models.output_shape(model, input_shape)   # too small an input -> one sentence
@@ -342,7 +345,7 @@ def build_run(config) -> Run:
       label_smoothing=float(config.train.get("label_smoothing", 0.0)),
       nonfinite=config.train.get("nonfinite", "stop"),
       log_grad_norms=bool(config.train.get("log_grad_norms", False)),
-      log_every=int(config.train.log_every))
+      log_every=int(config.train.log_every), task=task.name)
   return Run(config, mesh, dataset, model, schedule, tx, step_cfg, input_shape, out_size)
 
 
@@ -369,7 +372,7 @@ def compile_steps(run: Run, shardings) -> tuple[Callable, Callable, Any]:
   else:
     core = make_train_step(run.model, run.tx, run.schedule, run.step_cfg)
   batch_sharding = sharding.batch_sharding(mesh)
-  eval_step = jax.jit(make_eval_step(run.model),
+  eval_step = jax.jit(make_eval_step(run.model, run.step_cfg.task),
                       in_shardings=(shardings, batch_sharding, batch_sharding,
                                     batch_sharding))
   if ds.train.streamed:
@@ -526,7 +529,8 @@ def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False,
 
   def run_eval(state) -> dict[str, float]:
     return evaluate(eval_step, state, ds.eval, batch_size=eval_bs, mean=ds.mean,
-                    std=ds.std, mesh=run.mesh, out_size=run.out_size)
+                    std=ds.std, mesh=run.mesh, out_size=run.out_size,
+                    task=run.step_cfg.task)
 
   last: dict[str, Any] = {}
   status = "done"
