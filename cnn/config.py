@@ -11,6 +11,7 @@ valid choices; ``model`` is open: its keys besides ``name`` are the model's argu
 from __future__ import annotations
 
 import ast
+import json
 import importlib.util
 import math
 import pathlib
@@ -220,13 +221,51 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
   """A saved config.json read as a full config: keys added to `defaults()` since it
   was written take their default values (so old runs stay resumable)."""
-  full = defaults().to_dict()
-  for section, values in saved.items():
-    if isinstance(values, dict) and isinstance(full.get(section), dict):
-      full[section] = {**full[section], **values}
+  return _merged(defaults().to_dict(), _migrated(saved))
+
+
+def _merged(full: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+  """`full` with `values` written over it, section by section at every depth."""
+  out = dict(full)
+  for key, value in values.items():
+    if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "model":
+      out[key] = _merged(out[key], value)
     else:
-      full[section] = values
-  return full
+      out[key] = value
+  return out
+
+
+def _migrated(saved: dict[str, Any]) -> dict[str, Any]:
+  """Configs of earlier versions in today's keys: the segmentation runs' own
+  ``segmentation`` section became ``task`` and ``data.canvas``."""
+  if "segmentation" not in saved:
+    return saved
+  saved = dict(saved)
+  section = saved.pop("segmentation") or {}
+  canvas = {("size" if k == "canvas_size" else k): v for k, v in section.items()}
+  saved["task"] = "segmentation"
+  saved["data"] = {**saved.get("data", {}),
+                   "canvas": {**saved.get("data", {}).get("canvas", {}), **canvas}}
+  return saved
+
+
+def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with every key of `defaults()` present (a config built by hand may leave
+  keys out), so the engine reads ``config.train.x`` and never restates a default."""
+  return ml_collections.ConfigDict(with_defaults(config.to_dict()))
+
+
+def load_saved(workdir) -> ml_collections.ConfigDict:
+  """The complete config of a run from its workdir's config.json."""
+  saved = pathlib.Path(workdir) / "config.json"
+  if not saved.exists():
+    raise ConfigError(f"{workdir} holds no config.json; pass the workdir of a run made "
+                      "by scripts.train.")
+  try:
+    return ml_collections.ConfigDict(with_defaults(json.loads(saved.read_text())))
+  except (OSError, ValueError):
+    raise ConfigError(f"{saved} is unreadable; pass the workdir of a run made by "
+                      "scripts.train.") from None
 
 
 def differing_keys(saved: dict[str, Any], current: dict[str, Any],

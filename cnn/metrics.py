@@ -118,6 +118,16 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
   return rows
 
 
+def tensorboard_tag(key: str) -> str:
+  """TensorBoard groups scalars by the part before "/": ``train_loss`` is logged as
+  ``train/loss``, ``eval_top1_error`` as ``eval/top1_error`` (metrics.jsonl keeps the
+  flat names)."""
+  for prefix in ("train_", "eval_", "test_"):
+    if key.startswith(prefix):
+      return f"{prefix[:-1]}/{key[len(prefix):]}"
+  return key
+
+
 class MetricWriter:
   """Writes one JSON line per logged step to metrics.jsonl and the same scalars to
   TensorBoard event files (tensorboardX; no TensorFlow needed). Only process 0 writes."""
@@ -150,7 +160,7 @@ class MetricWriter:
     if self._tb is not None:
       for key, value in record.items():
         if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-          self._tb.add_scalar(key, value, step)
+          self._tb.add_scalar(tensorboard_tag(key), value, step)
 
   def close(self) -> None:
     if self._tb is not None:

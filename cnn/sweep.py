@@ -328,11 +328,10 @@ def write_test_eval(workdir: str | pathlib.Path) -> Optional[dict[str, Any]]:
   import jax
   from cnn import evaluation, train
   run, state, step = evaluation.restore_state(workdir)
-  ds = run.dataset
-  bs = run.config.train.get("eval_batch_size") or run.config.train.batch_size
-  result = train.evaluate(jax.jit(train.make_eval_step(run.model)), state, ds.test,
-                          batch_size=bs, mean=ds.mean, std=ds.std, mesh=run.mesh,
-                          out_size=run.out_size)
+  ds, tc, task = run.dataset, run.config.train, run.step_cfg.task
+  result = train.evaluate(jax.jit(train.make_eval_step(run.model, task)), state, ds.test,
+                          batch_size=tc.eval_batch_size or tc.batch_size, mean=ds.mean,
+                          std=ds.std, mesh=run.mesh, out_size=run.out_size, task=task)
   result = {"step": int(step), "split": "test", **result}
   train.write_atomic(path, json.dumps(result, indent=2) + "\n")
   return result
@@ -361,7 +360,8 @@ def train_unit(spec: str, base_overrides: Sequence[str],
   together = vmap_seeds and len(configs) > 1
   if together:
     try:
-      for name, out in zip(names, multi.fit_multi(configs, workdirs, impl=multi_impl)):
+      for name, out in zip(names, train.fit_group(configs, workdirs,
+                                                        multi_impl=multi_impl)):
         results[name] = {"name": name, **out}
     except multi.UnalignedResume as e:
       print(f"warning: {e}", flush=True)
@@ -382,8 +382,9 @@ def train_unit(spec: str, base_overrides: Sequence[str],
   for name, workdir in zip(names, workdirs):
     if results.get(name, {}).get("status") == "done":
       test = write_test_eval(workdir)
-      if test is not None:
-        results[name]["test_top1_error"] = test["top1_error"]
+      if test is not None:   # the task's scalar scores, as test_<name>
+        results[name].update({f"test_{k}": v for k, v in test.items()
+                              if isinstance(v, float)})
   return [results[name] for name, _, _ in items if name in results]
 
 

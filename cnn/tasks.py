@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn import metrics as metrics_lib
-from cnn.errors import unknown_choice
+from cnn.errors import ConfigError, unknown_choice
 
 
 def main_output(output):
@@ -125,6 +125,10 @@ class SegmentationTask(Task):
     from cnn.data import canvas  # pylint: disable=import-outside-toplevel
     d = config.data
     if d.source not in canvas.CANVAS_SOURCES:
+      if not d.source.startswith("tfds:"):
+        raise ConfigError(f"data.source={d.source!r} has no masks for the segmentation "
+                          f"task; use {', '.join(canvas.CANVAS_SOURCES)} or "
+                          "tfds:oxford_iiit_pet.")
       return super().load_data(config)
     c = d.canvas
     return canvas.load_canvas(d.source, size=c.size, min_digits=c.min_digits,

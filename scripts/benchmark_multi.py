@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   with exit_on_user_error():
     import jax
-    from cnn import multi, train
+    from cnn import train
     configs = build_configs(args)
-    runs = multi.build_runs(configs)
+    runs = train.build_runs(configs)
 
     # A: one compiled single-model step, k states.
     t0 = time.time()
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     data = tuple((x_all, y_all) for _ in runs)
     for impl in args.impls:
       t0 = time.time()
-      multi_states[impl] = multi.init_states(runs)
-      multi_steps[impl] = multi.make_multi_step(runs, impl)
+      multi_states[impl] = train.init_stacked(runs)
+      multi_steps[impl] = train.stacked_program(runs, impl).step
       for _ in range(2):
         multi_states[impl], _ = multi_steps[impl](multi_states[impl], data)
       jax.block_until_ready(multi_states[impl])

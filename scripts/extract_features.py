@@ -42,8 +42,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--batch-size", type=int, default=256)
   args = parser.parse_args(argv)
   with exit_on_user_error():
-    from cnn import transfer  # pylint: disable=import-outside-toplevel
-    result = transfer.extract_features(
+    from cnn import evaluation  # pylint: disable=import-outside-toplevel
+    result = evaluation.extract_features(
         args.workdir, split=args.split, source=args.source, data_dir=args.data_dir,
         layer=args.layer, what="input" if args.input else "output", best=args.best,
         batch_size=args.batch_size)

@@ -16,7 +16,7 @@ image of the run's evaluation split. kernels: the course's box blur and edge
 detector (cnn.layers.FIXED_KERNELS) on a real image (a CIFAR-10 test image when
 ../shared/data/cifar10 exists, else a digit). structure: the per-layer summary of
 cnn.summary as a block diagram. segmentation: image, truth and prediction of a
-segmentation run (python -m cnn.segmentation) on its test canvases.
+segmentation run (config.task='segmentation') on its test canvases.
 """
 from __future__ import annotations
 
@@ -35,11 +35,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 
 def _restore(workdir: str, best: bool):
-  from cnn import evaluation, segmentation  # pylint: disable=import-outside-toplevel
-  path = pathlib.Path(workdir)
-  if segmentation.is_segmentation_run(path):
-    return segmentation.restore_state(path, best=best)
-  return evaluation.restore_state(path, best=best)
+  from cnn import evaluation  # pylint: disable=import-outside-toplevel
+  return evaluation.restore_state(pathlib.Path(workdir), best=best)
 
 
 def first_conv(run, state) -> tuple[str, np.ndarray]:
@@ -159,8 +156,8 @@ def cmd_segmentation(args) -> pathlib.Path:
   from cnn.data import pipeline  # pylint: disable=import-outside-toplevel
   if not segmentation.is_segmentation_run(args.workdir):
     raise ConfigError(f"{args.workdir} is not a segmentation run; train one with "
-                      "python -m cnn.segmentation.")
-  run, state, step = segmentation.restore_state(args.workdir, best=args.best)
+                      "python -m scripts.train --config experiments/segmentation_digits.py.")
+  run, state, step = _restore(args.workdir, args.best)
   split, ds = run.dataset.eval, run.dataset
   if args.count <= 0:
     raise ConfigError(f"--count must be positive, got {args.count}.")
