@@ -128,6 +128,16 @@ def tensorboard_tag(key: str) -> str:
   return key
 
 
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
 class MetricWriter:
   """Writes one JSON line per logged step to metrics.jsonl and the same scalars to
   TensorBoard event files (tensorboardX; no TensorFlow needed). Only process 0 writes."""
@@ -150,6 +160,17 @@ class MetricWriter:
     tmp = self.path.with_name(f".{self.path.name}.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, self.path)
+
+  def write_hparams(self, config: Mapping[str, Any]) -> None:
+    """The run's config in TensorBoard's HParams tab (flattened, dotted keys), in the
+    same event files as the scalars so the two stay one run."""
+    if self._tb is None:
+      return
+    from tensorboardX.summary import hparams  # pylint: disable=import-outside-toplevel
+    flat = {k: (v if isinstance(v, (bool, int, float, str)) else str(v))
+            for k, v in _flatten(config).items()}
+    for summary in hparams(flat, {"eval/top1_error": 0.0}):
+      self._tb.file_writer.add_summary(summary)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -177,32 +198,28 @@ def _plain(value: Any) -> Any:
 
 
 class ProgressBar:
-  """One self-overwriting line: step, loss, img/s and ETA (silent when quiet)."""
+  """tqdm's bar over the run's steps: step, loss, img/s and ETA (silent when quiet or
+  on processes other than 0). `update` is given the absolute step, so a resumed run's
+  bar starts where it stopped."""
 
   def __init__(self, total_steps: int, quiet: bool = False, stream=sys.stderr):
-    self.total = total_steps
+    import tqdm  # pylint: disable=import-outside-toplevel
     self.quiet = quiet or jax.process_index() != 0
-    self.stream = stream
-    self.start = time.time()
-    self.start_step: int | None = None
+    self._bar = None if self.quiet else tqdm.tqdm(
+        total=total_steps, file=stream, unit="step", dynamic_ncols=True)
+    self._position: int | None = None
 
   def update(self, step: int, **fields: float) -> None:
-    if self.quiet:
+    if self._bar is None:
       return
-    if self.start_step is None:
-      self.start_step, self.start = step, time.time()
-    done = step - self.start_step
-    elapsed = time.time() - self.start
-    eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
-    width = 24
-    filled = int(width * step / max(self.total, 1))
-    parts = " ".join(f"{k} {v:.4g}" for k, v in fields.items())
-    eta_txt = "?" if math.isnan(eta) else f"{int(eta // 60)}:{int(eta % 60):02d}"
-    self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
-                      f"{step}/{self.total} {parts} eta {eta_txt}   ")
-    self.stream.flush()
+    if self._position is None:       # resumed: the bar starts at the restored step
+      self._bar.reset(total=self._bar.total)
+      self._position = 0
+    self._bar.update(step - self._position)
+    self._position = step
+    if fields:
+      self._bar.set_postfix({k: f"{v:.4g}" for k, v in fields.items()}, refresh=True)
 
   def close(self) -> None:
-    if not self.quiet:
-      self.stream.write("\n")
-      self.stream.flush()
+    if self._bar is not None:
+      self._bar.close()

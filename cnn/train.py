@@ -586,15 +586,26 @@ def run_loop(program: Program, states, members: list[Member], *,
   run0 = members[0].run
   tc, k = run0.config.train, len(members)
   plateau = run0.config.schedule.name == "plateau"
-  step = int(program.unstack(states)[0].step)
+  first = program.unstack(states)[0]
+  step = int(first.step)
+  if step >= tc.steps:
+    return states, "done"
+  say = (lambda *a, **kw: None) if tc.quiet or jax.process_index() else functools.partial(
+      print, file=sys.stderr, flush=True)
+  n_params = sum(x.size for x in jax.tree.leaves(first.params))
+  say(f"training {run0.config.model.name} ({n_params:,} parameters"
+      f"{f', {k} seeds in one program' if k > 1 else ''}) in "
+      f"{', '.join(str(m.workdir) for m in members)}")
+  train_step, inputs = _compiled(program, states, say)
   progress = metrics_lib.ProgressBar(tc.steps, quiet=tc.quiet)
   status, calls = "done", 0
-  window_start, window_step = time.time(), step
+  window_start, window_step = time.time(), step   # after compiling: img/s is training
   with _Preemption() as preemption:
     while step < tc.steps:
-      states, _ = program.step(states, *next(program.inputs))
+      states, _ = train_step(states, *next(inputs))
       step += 1
       calls += 1
+      progress.update(step)
       due = due_after(step, tc)
       stopping = preemption.requested or (stop_after is not None and calls >= stop_after)
       if not (due.any or stopping):
@@ -634,6 +645,18 @@ def run_loop(program: Program, states, members: list[Member], *,
         break
   progress.close()
   return states, status
+
+
+def _compiled(program: Program, states, say) -> tuple[Callable, Iterator]:
+  """The program's step compiled ahead of the loop (so the first timed window holds
+  no compilation) and the step inputs, the first one included."""
+  inputs = program.inputs
+  args = next(inputs)
+  say("compiling the train step ...")
+  start = time.time()
+  train_step = program.step.lower(states, *args).compile()
+  say(f"compiled in {time.time() - start:.1f} s")
+  return train_step, itertools.chain([args], inputs)
 
 
 def _note_halts(members: list[Member], singles: list[TrainState]) -> None:
@@ -776,6 +799,8 @@ def fit_group(configs, workdirs, *, overwrite: bool = False, fork: bool = False,
   start = int(np.asarray(state.step).reshape(-1)[0])   # one step, or k equal ones
   for m in members:
     m.writer.truncate_after(start)
+    if start == 0:
+      m.writer.write_hparams(m.run.config.to_dict())
   program = (single_program(runs[0], state, shardings) if len(runs) == 1
              else stacked_program(runs, multi_impl))
   states, status = run_loop(program, state, members, stop_after=stop_after)

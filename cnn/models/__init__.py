@@ -11,7 +11,6 @@ NHWC images.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -33,11 +32,6 @@ class ModelInfo:
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
-# One file per family; importing them fills the registry.
-FAMILY_MODULES = ("lenet", "alexnet", "vgg", "googlenet", "resnet", "mobilenet",
-                  "xception", "segmentation", "densenet")
-
-
 def register(name: str, *, input_shape: tuple[int, int, int], family: str,
              description: str = "", **fixed: Any) -> Callable:
   """Registers `name` as `build(**fixed, **kwargs)`; usable as a decorator."""
@@ -54,24 +48,13 @@ def register(name: str, *, input_shape: tuple[int, int, int], family: str,
   return decorator
 
 
-def _load_families() -> None:
-  for module in FAMILY_MODULES:
-    try:
-      importlib.import_module(f"cnn.models.{module}")
-    except ModuleNotFoundError as e:
-      if e.name != f"cnn.models.{module}":
-        raise
-
-
 def names() -> list[str]:
   """All registered model names, sorted."""
-  _load_families()
   return sorted(_REGISTRY)
 
 
 def info(name: str) -> ModelInfo:
   """The registry entry of `name`; an unknown name raises ConfigError listing the valid ones."""
-  _load_families()
   if name not in _REGISTRY:
     raise unknown_choice("model", name, _REGISTRY)
   return _REGISTRY[name]
@@ -104,3 +87,9 @@ def output_shape(model: nn.Module, input_shape: tuple[int, ...], *,
 
   out = jax.eval_shape(forward, x)
   return out[0] if train else out
+
+
+# One file per family; importing it fills the registry. Explicit imports (after
+# `register` exists, which the families use): a missing or broken family fails here.
+from cnn.models import (alexnet, densenet, googlenet, lenet, mobilenet,  # noqa: E402,F401
+                        resnet, segmentation, vgg, xception)
