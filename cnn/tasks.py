@@ -57,10 +57,9 @@ class Task:
     """The Dataset ``config.data`` names, with this task's labels."""
     from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
     d = config.data
-    return data_lib.load(d.source, data_dir=d.get("data_dir"),
-                         validation_size=d.get("validation_size", 0), seed=config.seed,
-                         image_size=d.get("image_size"), channels=d.get("channels"),
-                         num_classes=d.get("num_classes"), task=self.name)
+    return data_lib.load(d.source, data_dir=d.data_dir, validation_size=d.validation_size,
+                         seed=config.seed, image_size=d.image_size, channels=d.channels,
+                         num_classes=d.num_classes, task=self.name)
 
   def train_metric_names(self) -> tuple[str, ...]:
     return ("loss", "top1_error", "top5_error")
@@ -134,7 +133,7 @@ class SegmentationTask(Task):
     return canvas.load_canvas(d.source, size=c.size, min_digits=c.min_digits,
                               max_digits=c.max_digits, train_size=c.train_size,
                               test_size=c.test_size, seed=config.seed,
-                              data_dir=d.get("data_dir"))
+                              data_dir=d.data_dir)
 
   def loss(self, output, labels, *, label_smoothing: float = 0.0):
     del label_smoothing

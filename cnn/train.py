@@ -285,7 +285,7 @@ def build_model(config, num_classes: int) -> nn.Module:
   """The model named in ``config.model`` with its extra keys as arguments."""
   kwargs = {k: v for k, v in config.model.items() if k != "name"}
   kwargs = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in kwargs.items()}
-  if config.train.get("precision", "float32") == "bfloat16":
+  if config.train.precision == "bfloat16":
     kwargs["dtype"] = jnp.bfloat16
   return models.create(config.model.name, num_classes=num_classes, **kwargs)
 
@@ -304,8 +304,8 @@ def _check_input_pipeline(config, dataset, mesh, out_size) -> None:
   """Input mistakes that would otherwise surface only when the steps are compiled (an
   unknown augmentation, a crop larger than the images, a batch larger than the data,
   an eval batch the devices cannot split) raise here, before `fit` writes anything."""
-  tc, augment = config.train, config.data.get("augment", "none")
-  sharding.check_batch_size(tc.get("eval_batch_size") or tc.batch_size, mesh,
+  tc, augment = config.train, config.data.augment
+  sharding.check_batch_size(tc.eval_batch_size or tc.batch_size, mesh,
                             "train.eval_batch_size")
   data_lib.steps_per_epoch(len(dataset.train), tc.batch_size)
   if dataset.train.streamed:
@@ -326,7 +326,7 @@ def build_run(config) -> Run:
   run's config is the complete one (every key, defaults filled in)."""
   config_lib.validate(config)
   config = config_lib.complete(config)
-  mesh = sharding.make_mesh(config.train.get("model_parallel", 1))
+  mesh = sharding.make_mesh(config.train.model_parallel)
   sharding.check_batch_size(config.train.batch_size, mesh)
   d, task = config.data, tasks.get(config.task)
   dataset = task.load_data(config)
@@ -342,12 +342,12 @@ def build_run(config) -> Run:
   schedule = optim.make_schedule(config.schedule, config.optim.learning_rate, steps)
   tx = optim.make_optimizer(config.optim, schedule)
   tx = transfer.wrap_optimizer(tx, config, model, input_shape)  # frozen / per-group lr
-  wd = float(config.optim.get("weight_decay", 0.0) or 0.0)
+  wd = float(config.optim.weight_decay)
   step_cfg = StepConfig(
       weight_decay_in_loss=wd if optim.uses_l2_in_loss(config.optim) else 0.0,
-      label_smoothing=float(config.train.get("label_smoothing", 0.0)),
-      nonfinite=config.train.get("nonfinite", "stop"),
-      log_grad_norms=bool(config.train.get("log_grad_norms", False)),
+      label_smoothing=float(config.train.label_smoothing),
+      nonfinite=config.train.nonfinite,
+      log_grad_norms=bool(config.train.log_grad_norms),
       log_every=int(config.train.log_every), task=task.name)
   return Run(config, mesh, dataset, model, schedule, tx, step_cfg, input_shape, out_size)
 
@@ -367,7 +367,7 @@ def compile_steps(run: Run, shardings) -> tuple[Callable, Callable, Any]:
   fused into the train step: batch selection, augmentation and normalisation run on
   the devices, inside the same program."""
   cfg, ds, mesh = run.config, run.dataset, run.mesh
-  if cfg.train.get("step_impl", "jit") == "shard_map":
+  if cfg.train.step_impl == "shard_map":
     core = make_shard_map_train_step(run.model, run.tx, run.schedule, run.step_cfg, mesh)
   else:
     core = make_train_step(run.model, run.tx, run.schedule, run.step_cfg)
@@ -382,7 +382,7 @@ def compile_steps(run: Run, shardings) -> tuple[Callable, Callable, Any]:
                          donate_argnums=0)
     return train_step, eval_step, None
   batch_fn = data_lib.make_train_batch_fn(
-      len(ds.train), cfg.train.batch_size, augment=cfg.data.get("augment", "none"),
+      len(ds.train), cfg.train.batch_size, augment=cfg.data.augment,
       mean=ds.mean, std=ds.std, seed=cfg.seed, out_size=run.out_size)
 
   def fused(state, x_all, y_all):
@@ -405,7 +405,7 @@ def feed(run: Run, device_data, start: int) -> Iterator[tuple[Any, ...]]:
     return itertools.repeat(device_data)
   cfg, ds = run.config, run.dataset
   batches = data_lib.StreamingBatches(
-      ds.train, cfg.train.batch_size, cfg.data.get("augment", "none"), mean=ds.mean,
+      ds.train, cfg.train.batch_size, cfg.data.augment, mean=ds.mean,
       std=ds.std, seed=cfg.seed, out_size=run.out_size, mesh=run.mesh)
   return batches.iterate(start)
 
@@ -830,8 +830,7 @@ def _plateau_step(state: TrainState, record: dict[str, Any], schedule_cfg) -> Tr
     return state
   scale, best, bad = optim.update_plateau(
       float(state.lr_scale), float(state.plateau_best), int(state.plateau_bad), metric,
-      factor=schedule_cfg.get("factor", 0.1), patience=schedule_cfg.get("patience", 1),
-      mode=schedule_cfg.get("mode", "min"))
+      factor=schedule_cfg.factor, patience=schedule_cfg.patience, mode=schedule_cfg.mode)
   return state.replace(lr_scale=jnp.full_like(state.lr_scale, scale),
                        plateau_best=jnp.full_like(state.plateau_best, best),
                        plateau_bad=jnp.full_like(state.plateau_bad, bad))

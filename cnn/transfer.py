@@ -187,12 +187,9 @@ def make_optimizer(tx: optax.GradientTransformation, labels: Any,
 
 
 def _section(config) -> dict[str, Any]:
-  defaults = {"init_from": None, "checkpoint": "latest", "reinit": AUTO, "freeze": "",
-              "freeze_depth": 0, "backbone_lr": 1.0}
-  section = config.get("transfer") if hasattr(config, "get") else None
-  if section is None:
-    return defaults
-  return {**defaults, **{k: section[k] for k in section.keys()}}
+  """The ``transfer`` section with `cnn.config.defaults()` for the keys not set."""
+  from cnn import config as config_lib  # pylint: disable=import-outside-toplevel
+  return config_lib.complete(config).transfer.to_dict()
 
 
 def check_section(t: dict[str, Any]) -> None:
@@ -261,9 +258,9 @@ def read_variables(workdir: str | pathlib.Path, *, best: bool = False
     raise ConfigError(f"transfer.init_from={str(workdir)!r} is not a directory; pass the "
                       "workdir of a trained run.")
   config = config_lib.load_saved(workdir)
-  metric = config.train.get("best_metric")
+  metric = config.train.best_metric
   checkpointer = ckpt_lib.Checkpointer(workdir, best_metric=metric,
-                                       best_mode=config.train.get("best_mode", "min"),
+                                       best_mode=config.train.best_mode,
                                        read_only=True)
   if best:
     steps = [checkpointer.best.best_step()] if (

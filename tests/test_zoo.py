@@ -16,6 +16,8 @@ NUM_CLASSES = 7       # not a dataset's count, so a hard-coded head size would s
 # than it tells; their blocks are those of the 20-56 layer nets).
 SMALL_PIXELS = 32 * 32
 MAX_REAL_DEPTH = 56
+# The generic builders take the depth the named ones fix (resnet20 = cifar_resnet(20)).
+REQUIRED = {"cifar_resnet": {"depth": 8}, "imagenet_resnet": {"depth": 18}}
 
 
 def _depth(name: str) -> int:
@@ -40,7 +42,7 @@ def _main(out):
 @pytest.mark.parametrize("name", models.names())
 def test_every_registered_model_runs_a_train_step_forward(name):
   info = models.info(name)
-  model = models.create(name, num_classes=NUM_CLASSES)
+  model = models.create(name, num_classes=NUM_CLASSES, **REQUIRED.get(name, {}))
   h, w, c = info.input_shape
   small = h * w <= SMALL_PIXELS and _depth(name) <= MAX_REAL_DEPTH
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, h, w, c)), jnp.float32)
