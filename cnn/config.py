@@ -39,6 +39,7 @@ def defaults() -> ml_collections.ConfigDict:
       "canvas": ml_collections.ConfigDict({   # data.source="canvas": digits on a canvas
           "size": 48, "min_digits": 1, "max_digits": 3,
           "train_size": 6000, "test_size": 500,
+          "seed": 0,               # the canvases' own: a run's seed changes init and order
       }),
   })
   c.optim = ml_collections.ConfigDict({

@@ -132,7 +132,7 @@ class SegmentationTask(Task):
     c = d.canvas
     return canvas.load_canvas(d.source, size=c.size, min_digits=c.min_digits,
                               max_digits=c.max_digits, train_size=c.train_size,
-                              test_size=c.test_size, seed=config.seed,
+                              test_size=c.test_size, seed=c.seed,
                               data_dir=d.data_dir)
 
   def loss(self, output, labels, *, label_smoothing: float = 0.0):

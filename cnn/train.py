@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 import pathlib
-import re
 import signal
 import sys
 import time
@@ -67,19 +66,13 @@ def param_groups(params: Any) -> list[str]:
   return sorted(params.keys())
 
 
-def stage_of(group: str) -> str:
-  """The stage a top-level module belongs to: 'stage2_block3' -> 'stage2' (ResNets),
-  'stage3_layer7' -> 'stage3' (DenseNet); other names are their own group."""
-  return re.split(r"_(?:block|layer|transition)", group, maxsplit=1)[0]
-
-
 def metric_names(params: Any, log_grad_norms: bool,
                  task: str = "classification") -> list[str]:
   """The train metrics a step accumulates: the task's, the gradient norm, and
   per-stage gradient norms on request."""
   names = [*tasks.get(task).train_metric_names(), "grad_norm"]
   if log_grad_norms:
-    names += sorted({f"grad_norm/{stage_of(g)}" for g in param_groups(params)})
+    names += sorted({f"grad_norm/{models.stage_of(g)}" for g in param_groups(params)})
   return names
 
 
@@ -164,7 +157,7 @@ def apply_update(state: TrainState, grads, new_stats, metrics, *, tx, schedule,
   if cfg.log_grad_norms:
     by_stage: dict[str, list] = {}
     for g in groups:
-      by_stage.setdefault(stage_of(g), []).append(grads[g])
+      by_stage.setdefault(models.stage_of(g), []).append(grads[g])
     for stage, trees in by_stage.items():
       metrics[f"grad_norm/{stage}"] = optax.tree.norm(trees)
   # The window of logged means lives in the state, so a resumed run logs exactly what

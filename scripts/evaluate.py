@@ -1,6 +1,7 @@
-"""Evaluate a run's checkpoint on its evaluation split: top-1 and top-5 error.
+"""Evaluate a run's checkpoint on its evaluation split with its task's scores
+(classification: loss, top-1/top-5 error; segmentation: mean IoU, pixel accuracy, ...).
 
-    python -m scripts.evaluate --workdir runs/lenet [--best] [--split test]
+    python -m scripts.evaluate --workdir runs/lenet [--best]
 """
 from __future__ import annotations
 

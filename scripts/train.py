@@ -46,16 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     except train.NonFiniteError as e:
       print(f"error: {e}", file=sys.stderr)
       return 1
-  summary = {k: result[k] for k in ("step", "eval_loss", "eval_top1_error",
-                                    "eval_top5_error", "train_loss") if k in result}
   if result.get("status") == "preempted":
     print(f"stopped at step {result.get('step')} with a checkpoint; run the same "
           "command again to resume.", file=sys.stderr)
-  elif "eval_top1_error" in result:
+  else:
     from cnn import tasks
     print(tasks.get(config.task).summary(result))
-  else:
-    print(summary)
   return 0
 
 

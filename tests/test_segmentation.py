@@ -168,3 +168,50 @@ def test_experiment_configs_load():
     c = config_lib.load(spec)
     config_lib.validate(c)
     assert c.task == "segmentation"
+
+
+TINY_OVERRIDES = ["--config.data.source=canvas:digits", "--config.model.width=4",
+                  "--config.train.batch_size=16", "--config.train.steps=4",
+                  "--config.train.log_every=2", "--config.train.eval_every=4",
+                  "--config.train.eval_batch_size=16", "--config.train.tensorboard=False",
+                  "--config.train.quiet=True", "--config.data.canvas.size=32",
+                  "--config.data.canvas.max_digits=1", "--config.data.canvas.train_size=64",
+                  "--config.data.canvas.test_size=16"]
+
+
+def test_segmentation_trains_and_evaluates_through_the_clis(tmp_path, capsys):
+  """scripts.train prints the task's summary (mean IoU) and metrics.jsonl holds it;
+  scripts.evaluate scores the saved checkpoint with the same metric, the same value."""
+  from scripts import evaluate as evaluate_cli, train as train_cli
+  spec = "experiments/segmentation_digits.py"
+  assert train_cli.main(["--config", spec, "--workdir", str(tmp_path), *TINY_OVERRIDES]) == 0
+  assert "mean IoU" in capsys.readouterr().out
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  logged = rows[-1]["eval_mean_iou"]
+  assert evaluate_cli.main(["--workdir", str(tmp_path)]) == 0
+  scored = json.loads(capsys.readouterr().out)
+  assert scored["step"] == 4
+  assert scored["mean_iou"] == pytest.approx(logged, abs=1e-6)
+  assert len(scored["iou"]) == 11
+
+
+def test_two_segmentation_seeds_in_one_program_score_each_model(tmp_path, monkeypatch):
+  """k seeds of a segmentation config in one program: each model's eval row is its
+  own (sliced from the stacked sums), equal to a separate one-device run's."""
+  configs = []
+  for seed in (0, 1):
+    c = tiny_config(train__steps=2, train__eval_every=2, train__log_every=2)
+    c.seed = seed
+    configs.append(c)
+  results = train.fit_group(configs, [tmp_path / "s0", tmp_path / "s1"],
+                            multi_impl="unroll")
+  assert [r["status"] for r in results] == ["done", "done"]
+  import jax
+  from cnn import sharding
+  original = sharding.make_mesh   # the stacked models run on one device
+  monkeypatch.setattr(sharding, "make_mesh",
+                      lambda mp=1, devices=None: original(mp, jax.devices()[:1]))
+  single = train.fit(configs[1], tmp_path / "alone")
+  for key in ("eval_loss", "eval_mean_iou", "eval_pixel_accuracy", "train_loss"):
+    assert results[1][key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
+  assert results[0]["eval_loss"] != pytest.approx(single["eval_loss"], rel=1e-3)

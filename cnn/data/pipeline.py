@@ -33,6 +33,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from cnn import sharding
 from cnn.data import augment as augment_lib
 from cnn.data.sources import Split
 from cnn.errors import ConfigError
@@ -222,15 +223,6 @@ def put_on_devices(split: Split, mesh: Mesh) -> tuple[Array, Array]:
                for a in (split.x, np.asarray(split.y, np.int32)))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, what: str = "train.batch_size") -> None:
-  """The batch must split evenly over the mesh's data axis."""
-  devices = mesh.shape["data"] if "data" in mesh.axis_names else mesh.size
-  if batch_size <= 0 or batch_size % devices:
-    raise ConfigError(
-        f"{what}={batch_size} does not split over the {devices} devices of the mesh's "
-        f"data axis; use a positive multiple of {devices}.")
-
-
 # ----------------------------------------------------------------------------------
 # On the host
 # ----------------------------------------------------------------------------------
@@ -317,7 +309,7 @@ class StreamingBatches:
     self._key = jax.random.key(seed)
     self._sharding = None
     if mesh is not None:
-      check_batch_size(batch_size, mesh)
+      sharding.check_batch_size(batch_size, mesh)
       self._sharding = NamedSharding(mesh, P("data" if "data" in mesh.axis_names else None))
     self._indices = jax.jit(lambda step: batch_indices(self._key, step, self.num_examples,
                                                        batch_size))

@@ -11,6 +11,7 @@ NHWC images.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -58,6 +59,33 @@ def info(name: str) -> ModelInfo:
   if name not in _REGISTRY:
     raise unknown_choice("model", name, _REGISTRY)
   return _REGISTRY[name]
+
+
+_STAGE = re.compile(r"^(stage\d+)(_|$)")
+
+
+def stage_of(param_path: str) -> str:
+  """The group of a parameter in the zoo's naming scheme (ResNets, DenseNet): 'stem', 'stage1', 'stage2', ..., or 'head'.
+
+  `param_path` is a '/'-separated path ('stage2_block0/conv1/kernel'), with or without
+  a leading 'params'; only its top-level name counts. A top-level name outside the
+  scheme of this module (another family's layer) is its own group.
+  """
+  parts = [p for p in param_path.split("/") if p and p != "params"]
+  top = parts[0] if parts else ""
+  if top in ("conv1", "bn1") or top.startswith("stem"):
+    return "stem"
+  match = _STAGE.match(top)
+  if match:
+    return match.group(1)
+  if top.startswith("head"):
+    return "head"
+  return top
+
+
+def scaled(channels: int, width: float) -> int:
+  """`channels` times a width multiplier, at least 1 (GoogLeNet, Xception)."""
+  return max(1, int(round(channels * width)))
 
 
 def create(name: str, **kwargs: Any) -> nn.Module:
