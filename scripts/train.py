@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from cnn import sharding
     sharding.maybe_initialize_distributed()
     from cnn import config as config_lib
+    from cnn import tasks
     from cnn import train
     config = config_lib.load(args.config, overrides)
     try:
@@ -51,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
   if result.get("status") == "preempted":
     print(f"stopped at step {result.get('step')} with a checkpoint; run the same "
           "command again to resume.", file=sys.stderr)
-  elif "eval_top1_error" in result:
-    from cnn import tasks
+  elif tasks.get(config.task).best_metric in result:   # the task's own line
     print(tasks.get(config.task).summary(result))
   else:
     print(summary)

@@ -35,7 +35,7 @@ _REGISTRY: dict[str, ModelInfo] = {}
 
 # One file per family; importing them fills the registry.
 FAMILY_MODULES = ("lenet", "alexnet", "vgg", "googlenet", "resnet", "mobilenet",
-                  "xception", "segmentation", "densenet")
+                  "xception", "segmentation", "densenet", "detection")
 
 
 def register(name: str, *, input_shape: tuple[int, int, int], family: str,
