@@ -83,6 +83,10 @@ def roi_targets(key: Array, proposals: Array, valid: Array, gt_boxes: Array,
   """
   candidates = jnp.concatenate([proposals, gt_boxes], 0)
   usable = jnp.concatenate([valid, gt_valid], 0)
+  short = cfg.rois - candidates.shape[0]
+  if short > 0:     # fewer candidates than RoIs: unusable rows keep the shape static
+    candidates = jnp.concatenate([candidates, jnp.zeros((short, 4), candidates.dtype)])
+    usable = jnp.concatenate([usable, jnp.zeros(short, bool)])
   iou = jnp.where(gt_valid[None], box_ops.box_iou(candidates, gt_boxes), -1.0)
   column, label = rpn_lib.match(iou, cfg.fg_iou, cfg.fg_iou, allow_low_quality=False)
   label = jnp.where(usable, label, -1)
