@@ -298,7 +298,8 @@ def test_faster_rcnn_overfits_a_few_canvases(small_digits):
                         rpn={"batch": 32, "pre_nms": 100, "post_nms": 16},
                         box={"rois": 16, "detections": 8})
   task = tasks.get("detection")
-  variables = model.init(jax.random.key(0), images, train=False)
+  # Jitted: an eager init dispatches every op of the NMS loops one by one.
+  variables = jax.jit(lambda k: model.init(k, images, train=False))(jax.random.key(0))
   tx = optax.adam(3e-3)
   params, stats = variables["params"], variables["batch_stats"]
   opt = tx.init(params)
@@ -314,7 +315,7 @@ def test_faster_rcnn_overfits_a_few_canvases(small_digits):
     return optax.apply_updates(params, updates), new_stats, opt, loss
 
   losses = []
-  for i in range(150):
+  for i in range(80):         # mAP reaches 1 after ~50 steps
     params, stats, opt, loss = step(params, stats, opt, jax.random.key(i))
     losses.append(float(loss))
   assert losses[-1] < 0.3 * losses[0]
