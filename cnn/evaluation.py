@@ -41,12 +41,14 @@ def restore_state(workdir: pathlib.Path, *, best: bool = False,
 
 
 def evaluate_workdir(workdir: pathlib.Path, *, best: bool = False) -> dict[str, Any]:
-  """Top-1/top-5 error and loss of a run's checkpoint on its evaluation split."""
+  """The task's scores (classification: top-1/top-5 error and loss; detection: mAP)
+  of a run's checkpoint on its evaluation split."""
   run, state, step = restore_state(workdir, best=best)
   import jax
-  eval_step = jax.jit(train.make_eval_step(run.model))
+  eval_step = jax.jit(train.make_eval_step(run.model, run.step_cfg.task))
   ds = run.dataset
   bs = run.config.train.get("eval_batch_size") or run.config.train.batch_size
   result = train.evaluate(eval_step, state, ds.eval, batch_size=bs, mean=ds.mean,
-                          std=ds.std, mesh=run.mesh, out_size=run.out_size)
+                          std=ds.std, mesh=run.mesh, out_size=run.out_size,
+                          task=run.step_cfg.task)
   return {"step": int(step), **result}

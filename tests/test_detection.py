@@ -19,6 +19,7 @@ from cnn.detection import head as head_lib
 from cnn.detection import metrics as det_metrics
 from cnn.detection import roi as roi_lib
 from cnn.detection import rpn as rpn_lib
+from cnn.errors import ConfigError
 
 
 # ----------------------------------------------------------------------------------
@@ -281,6 +282,22 @@ def test_pipeline_keeps_box_labels(small_digits):
   got = np.concatenate([t for _, t, _ in data_lib.eval_batches(split, 5, mean=0.1,
                                                                 std=0.3)])
   np.testing.assert_array_equal(got[:12], y)
+
+
+def test_task_loads_the_config_canvases():
+  """DetectionTask.load_data reads data.canvas; other sources are one sentence."""
+  from experiments import detection_digits  # pylint: disable=import-outside-toplevel
+  config = detection_digits.get_config("smoke")
+  config.data.source = "canvas:digits"
+  task = tasks.get("detection")
+  ds = task.load_data(config)
+  assert ds.train.x.shape == (200, 64, 64, 1) and ds.train.y.shape == (200, 4, 5)
+  assert len(ds.eval) == 50 and ds.num_classes == 10 and ds.task == "detection"
+  assert (task.best_metric, task.best_mode, task.dense_labels,
+          task.sum_on_device) == ("eval_map50", "max", True, False)
+  config.data.source = "mnist"
+  with pytest.raises(ConfigError, match="digit canvases"):
+    task.load_data(config)
 
 
 # ----------------------------------------------------------------------------------
