@@ -25,16 +25,15 @@ from cnn.detection import rpn as rpn_lib
 
 Array = jax.Array
 
-# Fast R-CNN's smooth L1 with beta 1 on deltas already scaled by BOX_WEIGHTS
-# (torchvision uses beta = 1/9 on the same weighted deltas; with the 10, 10, 5, 5
-# scaling both are in the quadratic zone only for near-perfect boxes).
+# Fast R-CNN's smooth L1 (eq. 3: quadratic below 1) on the BOX_WEIGHTS-scaled deltas;
+# torchvision's head uses 1/9, closer to plain L1.
 SMOOTH_L1_BETA = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
   """The box head's sampling and inference settings."""
-  rois: int = 32                  # RoIs sampled per image (the paper: 64 of 128 per image)
+  rois: int = 32                  # RoIs sampled per image (the paper: 64, 128 from 2 images)
   positive_fraction: float = 0.25
   fg_iou: float = 0.5
   score_threshold: float = 0.05
