@@ -134,6 +134,58 @@ def test_roi_align_border_rules():
   np.testing.assert_allclose(far[0, 0, 0, 0], 7.0, rtol=1e-6)
 
 
+def reference_roi_align(features, boxes, out, scale, ratio):
+  """torchvision's CPU kernel (roi_align_kernel.cpp, aligned=True) as plain loops."""
+  n, height, width, c = features.shape
+  result = np.zeros((len(boxes), out, out, c))
+
+  def bilinear(image, y, x):
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+      return np.zeros(c)
+    y, x = max(y, 0.0), max(x, 0.0)
+    y_low, x_low = int(y), int(x)
+    if y_low >= height - 1:
+      y_high = y_low = height - 1
+      y = float(y_low)
+    else:
+      y_high = y_low + 1
+    if x_low >= width - 1:
+      x_high = x_low = width - 1
+      x = float(x_low)
+    else:
+      x_high = x_low + 1
+    ly, lx = y - y_low, x - x_low
+    hy, hx = 1 - ly, 1 - lx
+    return (hy * hx * image[y_low, x_low] + hy * lx * image[y_low, x_high]
+            + ly * hx * image[y_high, x_low] + ly * lx * image[y_high, x_high])
+
+  for k, (b, x1, y1, x2, y2) in enumerate(boxes):
+    x1, y1, x2, y2 = (v * scale - 0.5 for v in (x1, y1, x2, y2))
+    bin_h, bin_w = (y2 - y1) / out, (x2 - x1) / out
+    for ph in range(out):
+      for pw in range(out):
+        total = np.zeros(c)
+        for iy in range(ratio):
+          y = y1 + ph * bin_h + (iy + 0.5) * bin_h / ratio
+          for ix in range(ratio):
+            x = x1 + pw * bin_w + (ix + 0.5) * bin_w / ratio
+            total += bilinear(features[int(b)], y, x)
+        result[k, ph, pw] = total / (ratio * ratio)
+  return result
+
+
+def test_roi_align_matches_torchvision_loops():
+  """Random features and boxes, some reaching past the map's borders."""
+  rng = np.random.default_rng(0)
+  features = rng.normal(size=(2, 6, 7, 3)).astype(np.float32)
+  xy = rng.uniform(-6, 24, (12, 2))
+  boxes = np.concatenate([rng.integers(0, 2, (12, 1)), xy, xy + rng.uniform(0.5, 14, (12, 2))],
+                         1).astype(np.float32)
+  got = roi_lib.roi_align(jnp.asarray(features), jnp.asarray(boxes), 3, 0.25 * 1.5, 2)
+  np.testing.assert_allclose(got, reference_roi_align(features, boxes, 3, 0.375, 2),
+                             atol=1e-5)
+
+
 def test_roi_pool_by_hand():
   """f = 10 y + x on 4x4, box (0, 0, 3, 3): cells 0..3, bins [0, 2) and [2, 4): the
   maxima f(1, 1) = 11, f(1, 3) = 13, f(3, 1) = 31, f(3, 3) = 33."""
@@ -278,6 +330,8 @@ def test_pipeline_keeps_box_labels(small_digits):
   index = np.asarray(data_lib.batch_indices(jax.random.key(0), 0, 12, 4))
   assert images.shape == (4, 48, 48, 1)
   np.testing.assert_array_equal(labels, y[index])
+  assert not data_lib.pipeline.is_mask(y, x)
+  assert data_lib.pipeline.is_mask(np.zeros((12, 48, 48), np.int32), x)   # masks still move
   split = data_lib.Split(x, y)
   got = np.concatenate([t for _, t, _ in data_lib.eval_batches(split, 5, mean=0.1,
                                                                 std=0.3)])
