@@ -8,13 +8,14 @@ metric is "best" by default, and the one line the CLI prints. Selected by
     classification   labels (N,) int; softmax cross-entropy; top-1/top-5 error
     segmentation     labels (N, H, W) int masks (-1: ignored); pixel cross-entropy;
                      FCN's pixel accuracy, mean accuracy, mean IoU, fw IoU
-    detection        labels (N, B, 5) float (x1, y1, x2, y2, class; class -1 pads);
+    detection        labels (N, B, 5) int32 (x1, y1, x2, y2, class; rows of -1 pad);
                      Faster R-CNN's losses; mAP@0.5 and mAP@[.5:.95] (cnn/detection/)
 
 Adding a task is one class with the members of `Task` plus one `register` line.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Sequence
 
 import jax
@@ -169,21 +170,18 @@ class SegmentationTask(Task):
             f"{100 * record['eval_mean_accuracy']:.2f}%")
 
 
-def _detection() -> Task:
-  from cnn.detection.task import DetectionTask  # pylint: disable=import-outside-toplevel
-  return DetectionTask()
-
-
-# name -> factory; a factory (not an instance) so optional tasks import lazily.
+# name -> factory of the tasks defined here; tasks that live in their own package
+# register themselves when imported, and `get` imports them by module name on first use
+# (a plug-in by name: cnn.tasks does not import what subclasses it).
 _REGISTRY: dict[str, Callable[[], Task]] = {
     "classification": Task,
     "segmentation": SegmentationTask,
-    "detection": _detection,
 }
+_PLUGINS = {"detection": "cnn.detection.task"}
 
 
 def names() -> list[str]:
-  return sorted(_REGISTRY)
+  return sorted({*_REGISTRY, *_PLUGINS})
 
 
 def register(name: str, factory: Callable[[], Task]) -> None:
@@ -192,6 +190,8 @@ def register(name: str, factory: Callable[[], Task]) -> None:
 
 def get(name: str) -> Task:
   """The task called `name`; an unknown name is one sentence with the choices."""
+  if name not in _REGISTRY and name in _PLUGINS:
+    importlib.import_module(_PLUGINS[name])   # registers it
   if name not in _REGISTRY:
     raise unknown_choice("task", name, names())
   return _REGISTRY[name]()

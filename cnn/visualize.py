@@ -241,3 +241,41 @@ def segmentation_figure(images: np.ndarray, truths: np.ndarray, predictions: np.
         ax.set_title(name, fontsize=9)
   fig.suptitle(title, fontsize=10)
   return fig
+
+
+def detection_figure(images: np.ndarray, truths: np.ndarray, detections: np.ndarray,
+                     title: str = "detection", min_score: float = 0.5,
+                     columns: int = 4) -> Figure:
+  """Canvases with their true boxes (dashed white) and the detections scoring at least
+  `min_score` (solid, coloured by class, labelled "class score").
+
+  `truths` rows are (x1, y1, x2, y2, class), `detections` rows (x1, y1, x2, y2,
+  score, class); rows with class < 0 are padding.
+  """
+  from matplotlib import colormaps  # pylint: disable=import-outside-toplevel
+  from matplotlib.patches import Rectangle  # pylint: disable=import-outside-toplevel
+  n = len(images)
+  rows, cols = -(-n // columns), min(n, columns)
+  fig = Figure(figsize=(cols * WIDE, rows * WIDE + TITLE))
+  fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01,
+                      top=1.0 - TITLE / (rows * WIDE + TITLE), wspace=0.04, hspace=0.04)
+  palette = colormaps["tab10"]
+  for i in range(n):
+    ax = fig.add_subplot(rows, cols, i + 1)
+    ax.set_axis_off()
+    image = np.asarray(images[i], np.float64)
+    ax.imshow(_unit(image[..., 0]), cmap="gray", interpolation="nearest")
+    # Boxes are in pixel-edge coordinates; imshow puts pixel centres at integers.
+    for x1, y1, x2, y2, cls in np.asarray(truths[i]):
+      if cls >= 0:
+        ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
+                               edgecolor="white", linestyle="--", linewidth=0.8))
+    for x1, y1, x2, y2, score, cls in np.asarray(detections[i]):
+      if cls >= 0 and score >= min_score:
+        colour = palette(int(cls) % 10)
+        ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
+                               edgecolor=colour, linewidth=1.4))
+        ax.text(x1 - 0.5, y1 - 1.0, f"{int(cls)} {score:.2f}", color="black", fontsize=7,
+                va="bottom", bbox=dict(facecolor=colour, edgecolor="none", pad=0.6))
+  fig.suptitle(title, fontsize=10)
+  return fig

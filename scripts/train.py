@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from cnn import sharding
     sharding.maybe_initialize_distributed()
     from cnn import config as config_lib
+    from cnn import tasks
     from cnn import train
     config = config_lib.load(args.config, overrides)
     try:

@@ -9,6 +9,8 @@
         --out docs/lenet5_structure.png          (or .md: the summary's markdown table)
     python -m scripts.visualize segmentation --workdir W --count 4 \\
         --out docs/segmentation.png
+    python -m scripts.visualize detection --workdir W --count 8 \\
+        --out docs/detection/boxes.png
 
 filters: the first convolution's filters of a run's checkpoint (the course's "learned
 filters" slide). features: the outputs of any layer (see `--layer list`) for one
@@ -16,7 +18,8 @@ image of the run's evaluation split. kernels: the course's box blur and edge
 detector (cnn.layers.FIXED_KERNELS) on a real image (a CIFAR-10 test image when
 ../shared/data/cifar10 exists, else a digit). structure: the per-layer summary of
 cnn.summary as a block diagram. segmentation: image, truth and prediction of a
-segmentation run (config.task='segmentation') on its test canvases.
+segmentation run (config.task='segmentation') on its test canvases. detection: a
+detection run's (task "detection") boxes on its test canvases, with the true ones.
 """
 from __future__ import annotations
 
@@ -173,8 +176,37 @@ def cmd_segmentation(args) -> pathlib.Path:
   return visualize.save(fig, args.out or "segmentation.png")
 
 
+def cmd_detection(args) -> pathlib.Path:
+  import jax  # pylint: disable=import-outside-toplevel
+  from cnn import evaluation, tasks, visualize  # pylint: disable=import-outside-toplevel
+  from cnn.data import pipeline  # pylint: disable=import-outside-toplevel
+  config = evaluation.load_run_config(pathlib.Path(args.workdir))
+  if config.get("task") != "detection":
+    raise ConfigError(f"{args.workdir} is not a detection run (task "
+                      f"{config.get('task')!r}); train experiments/detection_digits.py.")
+  run, state, step = evaluation.restore_state(args.workdir, best=args.best)
+  split, ds = run.dataset.eval, run.dataset
+  if args.count <= 0:
+    raise ConfigError(f"--count must be positive, got {args.count}.")
+  index = np.arange(args.image_index, min(args.image_index + args.count, len(split)))
+  if len(index) == 0:
+    raise ConfigError(f"--image-index {args.image_index} is outside the {len(split)} "
+                      "evaluation images.")
+  task = tasks.get("detection")
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  images = pipeline.normalize_np(split.x[index], ds.mean, ds.std)
+  detections = np.asarray(jax.jit(lambda v, x: task.predict(run.model, v, x))(
+      variables, images))
+  fig = visualize.detection_figure(
+      split.x[index], split.y[index], detections,
+      f"{run.config.model.name} after {step} steps on test canvases ({ds.name})\n"
+      f"dashed: truth; solid: detections scoring >= {args.min_score:g}", args.min_score)
+  return visualize.save(fig, args.out or "detection.png")
+
+
 COMMANDS = {"filters": cmd_filters, "features": cmd_features, "kernels": cmd_kernels,
-            "structure": cmd_structure, "segmentation": cmd_segmentation}
+            "structure": cmd_structure, "segmentation": cmd_segmentation,
+            "detection": cmd_detection}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,10 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
   for name in COMMANDS:
     p = sub.add_parser(name)
     p.add_argument("--out", default=None, help="the PNG to write")
-    if name in ("filters", "features", "segmentation"):
+    if name in ("filters", "features", "segmentation", "detection"):
       p.add_argument("--workdir", required=True, help="a run's workdir")
       p.add_argument("--best", action="store_true", help="the best checkpoint")
-    if name in ("features", "kernels", "segmentation"):
+    if name in ("features", "kernels", "segmentation", "detection"):
       p.add_argument("--image-index", type=int, default=0)
     if name == "features":
       p.add_argument("--layer", default="conv1",
@@ -203,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
       p.add_argument("--num_classes", type=int, default=None)
     if name == "segmentation":
       p.add_argument("--count", type=int, default=4, help="examples, one per row")
+    if name == "detection":
+      p.add_argument("--count", type=int, default=8, help="canvases, 4 per row")
+      p.add_argument("--min-score", type=float, default=0.5,
+                     help="draw detections scoring at least this")
   return parser
 
 

@@ -148,6 +148,12 @@ def _check_stats(channels: int, mean, std) -> None:
           f"pass the dataset's per-channel {what} (Dataset.{what}).")
 
 
+def is_mask(targets, images) -> bool:
+  """Whether `targets` are per-pixel masks of `images` (so a crop must move them too)
+  rather than per-example labels, such as (N, boxes, 5) detection rows."""
+  return targets.ndim == 3 and tuple(targets.shape[1:3]) == tuple(images.shape[1:3])
+
+
 def make_train_batch_fn(num_examples: int, batch_size: int, *, augment: str, mean, std,
                         seed: int, out_size: Optional[Sequence[int]] = None,
                         sharding: Optional[jax.sharding.Sharding] = None):
@@ -176,7 +182,7 @@ def make_train_batch_fn(num_examples: int, batch_size: int, *, augment: str, mea
     images = normalize(jnp.take(images_u8, index, axis=0), mean, std)
     targets = jnp.take(labels, index, axis=0).astype(jnp.int32)
     size = tuple(out_size) if out_size is not None else images.shape[1:3]
-    masks = targets if targets.ndim == 3 else None
+    masks = targets if is_mask(targets, images) else None
     images, masks = aug(augment_key(key, step), images, masks, size)
     if masks is not None:
       targets = masks
@@ -204,7 +210,7 @@ def make_eval_batch_fn(num_examples: int, batch_size: int, *, mean, std,
     images = normalize(jnp.take(images_u8, index, axis=0), mean, std)
     size = tuple(out_size) if out_size is not None else images.shape[1:3]
     targets = jnp.take(labels, index, axis=0).astype(jnp.int32)
-    if targets.ndim == 3:
+    if is_mask(targets, images):
       targets = augment_lib.center_crop(targets, size)
     return augment_lib.center_crop(images, size), targets, mask
 
@@ -271,7 +277,7 @@ def eval_batches(split: Split, batch_size: int, *, mean, std,
       else:
         images = augment_lib.center_crop(split.x[index], size)
         targets = np.asarray(split.y[index], np.int32)
-        if targets.ndim == 3:
+        if is_mask(targets, split.x):
           targets = augment_lib.center_crop(targets, size)
       yield normalize_np(images, mean, std), targets, mask
   finally:

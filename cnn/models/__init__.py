@@ -119,5 +119,5 @@ def output_shape(model: nn.Module, input_shape: tuple[int, ...], *,
 
 # One file per family; importing it fills the registry. Explicit imports (after
 # `register` exists, which the families use): a missing or broken family fails here.
-from cnn.models import (alexnet, densenet, googlenet, lenet, mobilenet,  # noqa: E402,F401
-                        resnet, segmentation, vgg, xception)
+from cnn.models import (alexnet, densenet, detection, googlenet, lenet,  # noqa: E402,F401
+                        mobilenet, resnet, segmentation, vgg, xception)
