@@ -59,9 +59,17 @@ def test_every_registered_model_runs_a_train_step_forward(name):
   else:
     # One trace: init_with_output in train mode builds every layer and runs the
     # train-mode forward pass (half the tracing of init + apply for 1202 layers).
-    out, _ = jax.eval_shape(functools.partial(
-        model.init_with_output, {"params": jax.random.key(0), "dropout": jax.random.key(1)},
-        train=True), jax.ShapeDtypeStruct(x.shape, x.dtype))
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1),
+            "sample": jax.random.key(2)}
+    extra = {}
+    if info.family == "detection":   # training needs the boxes: one digit per image
+      extra["targets"] = jnp.array([[[8, 8, 30, 36, 3], [-1] * 5]] * 2, jnp.int32)
+    out, _ = jax.eval_shape(functools.partial(model.init_with_output, rngs, train=True,
+                                              **extra),
+                            jax.ShapeDtypeStruct(x.shape, x.dtype))
+    if info.family == "detection":   # per-RoI class scores of the sampled boxes
+      assert out["roi_logits"].shape[-1] == NUM_CLASSES + 1   # + background
+      return
     main = _main(out)
   if info.family == "segmentation":   # per-pixel class scores (N, H', W', classes)
     assert main.ndim == 4 and main.shape[0] == 2 and main.shape[-1] == NUM_CLASSES
