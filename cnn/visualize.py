@@ -1,5 +1,6 @@
 """Figures of the course's pictures from real runs: learned filters, feature maps, the
-classic fixed kernels, a model's structure, segmentation predictions.
+classic fixed kernels, a model's structure, segmentation predictions; and the
+training curves of any set of runs (`curves_figure`).
 
 Every function returns a matplotlib `Figure` (no pyplot: nothing global, works
 without a display) whose size is fixed by its content, and `save` writes it as a
@@ -11,6 +12,7 @@ PNG at `DPI` without trimming, so the pixel size is known in advance:
     kernels                  one row of WIDE-inch tiles, plus TITLE
     structure                BLOCK_W wide, one BLOCK_H row per block, plus TITLE
     segmentation             3 columns (image, truth, prediction) of WIDE-inch tiles
+    curves                   one CURVE_W x CURVE_H panel per metric
 
 Filters are shown as the course's "learned filters" slide (Zeiler & Fergus): each
 one rescaled to its own minimum..maximum, grey for one input channel, colour for
@@ -33,6 +35,7 @@ WIDE = 2.0        # inches per tile of the kernel and segmentation figures
 TITLE = 0.6       # inches of title band (two lines)
 MIN_WIDTH = 4.0   # inches: room for the title of a small grid
 BLOCK_W, BLOCK_H = 6.0, 0.5
+CURVE_W, CURVE_H = 5.0, 3.6
 MAX_MAPS = 64     # feature maps shown at most
 
 
@@ -49,11 +52,13 @@ def pixel_size(fig: Figure) -> tuple[int, int]:
 
 
 def save(fig: Figure, path: str | pathlib.Path) -> pathlib.Path:
-  """Writes `fig` as a PNG at DPI (no trimming) and returns the path."""
+  """Writes `fig` at DPI (no trimming) and returns the path: a PDF or SVG when the
+  path says so, else a PNG."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   FigureCanvasAgg(fig)
-  fig.savefig(path, dpi=DPI, format="png")
+  kind = path.suffix.lower().lstrip(".")
+  fig.savefig(path, dpi=DPI, format=kind if kind in ("pdf", "svg") else "png")
   return path
 
 
@@ -241,3 +246,69 @@ def segmentation_figure(images: np.ndarray, truths: np.ndarray, predictions: np.
         ax.set_title(name, fontsize=9)
   fig.suptitle(title, fontsize=10)
   return fig
+
+
+# ----------------------------------------------------------------------------------
+# Training curves of any runs (cnn.runs records)
+# ----------------------------------------------------------------------------------
+
+def curves_figure(curves: Sequence[tuple[str, Mapping[str, tuple[Sequence[int],
+                                                                 Sequence[float]]]]],
+                  metrics: Sequence[str], *, log_y: bool = False,
+                  title: str = "") -> Figure:
+  """One panel per metric, one line per curve against the step.
+
+  Args:
+    curves: (label, {metric: (steps, values)}) per line, e.g. one run or the mean of
+      one setting's seeds (see `cnn.runs.series` and `cnn.runs.mean_curve`).
+    metrics: the panels, in order; a line without a metric is left out of its panel.
+    log_y: logarithmic y axes (losses, gradient norms).
+    title: the figure's title.
+  """
+  fig = Figure(figsize=(CURVE_W * len(metrics), CURVE_H + (TITLE if title else 0)))
+  for i, metric in enumerate(metrics):
+    ax = fig.add_subplot(1, len(metrics), i + 1)
+    for j, (label, by_metric) in enumerate(curves):
+      steps, values = by_metric.get(metric, ((), ()))
+      if len(steps):
+        ax.plot(steps, values, color=f"C{j % 10}", linewidth=1.4, label=label,
+                marker="o" if len(steps) < 30 else None, markersize=3)
+    if log_y:
+      ax.set_yscale("log")
+    ax.set_title(metric, fontsize=10)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8, loc="best")
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+def runs_curves(paths: Sequence[str | pathlib.Path], metrics: Sequence[str], *,
+                mean_seeds: bool = False) -> list[tuple[str, dict]]:
+  """The curves `curves_figure` draws for the runs under `paths` (workdirs or sweep
+  roots): one per run, or with `mean_seeds` one per setting, the mean over its seeds
+  at the steps they all logged. A metric no run logged is a ConfigError that lists
+  the logged ones."""
+  from cnn import runs as runs_lib  # pylint: disable=import-outside-toplevel
+  from cnn.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  found = runs_lib.load(paths)
+  logged = runs_lib.keys(found)
+  missing = [m for m in metrics if m not in logged]
+  if missing:
+    raise ConfigError(f"No run logged {', '.join(missing)}; the runs logged: "
+                      f"{', '.join(logged) or 'nothing yet'}.")
+  names = runs_lib.labels(found)
+  if not mean_seeds:
+    return [(name, {m: runs_lib.series(r, m) for m in metrics})
+            for name, r in zip(names, found)]
+  label_of = {id(r): name for name, r in zip(names, found)}
+  curves = []
+  for members in runs_lib.group(found):
+    label = label_of[id(members[0])]
+    if len(members) > 1:
+      label += f" (mean of {len(members)} seeds)"
+    curves.append((label, {m: runs_lib.mean_curve(members, m) for m in metrics}))
+  return curves
