@@ -1,8 +1,6 @@
-"""The course's worked examples, computed by the library.
+"""The course's worked examples, computed by the library (`python -m scripts.demo_layers`).
 
-    python -m scripts.demo_layers
-
-Prints the output-size and parameter-count exercises, the 2x2 filter over a 3x3 image,
+`run` prints the output-size and parameter-count exercises, the 2x2 filter over a 3x3 image,
 the max-pool exercise, the depthwise-separable multiplication counts (taken from the
 modules' kernel and output shapes), and the course's box blur and edge detector applied
 to a real 8x8 digit from scikit-learn's `load_digits`. Shapes are traced with
@@ -11,8 +9,6 @@ to a real 8x8 digit from scikit-learn's `load_digits`. Shapes are traced with
 from __future__ import annotations
 
 import math
-import sys
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -154,16 +150,11 @@ def fixed_kernels() -> None:
   print("  middle row, edges:", np.round(edges[4], 2).tolist())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  del argv  # no options
+def run() -> None:
+  """Prints every worked example, in the course's order."""
   output_sizes()
   layer_exercises()
   worked_convolution()
   pooling_exercise()
   separable_counts()
   fixed_kernels()
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))

@@ -1,27 +1,24 @@
-"""Transfer learning, worked example: digits 5-9 from a few examples, with and without
-a network trained on digits 0-4.
+"""The few-shot transfer study: digits 5-9 from a few examples, with and without a
+network trained on digits 0-4 (the CLI is experiments/finetune/run.py).
 
-    python -m scripts.finetune                     # MNIST, 10 and 50 images per class
-    python -m scripts.finetune --shots 10 --data digits   # sklearn's digits, offline
-
-1. Pre-train LeNet-5 on the digits 0-4 (experiments/finetune_mnist.py:pretrain).
-2. For N images of each digit 5-9 (drawn --seeds times: with so few examples the
+1. Pre-train LeNet-5 on the digits 0-4 (experiments/finetune/config.py:pretrain).
+2. For N images of each digit 5-9 (drawn for several seeds: with so few examples the
    accuracy depends on which ones), train and test on all test images of 5-9:
    - scratch:   LeNet-5 from random weights;
    - features:  the pre-trained network as a fixed feature extractor (fc4's 84
                 activations) and a logistic regression on top;
    - head:      the pre-trained network with a new fc5, everything else frozen;
    - head+all:  then every layer fine-tuned at a 10x lower learning rate.
-3. Print the mean and standard deviation of the test accuracies over the draws as
-   a table (also written to <root>/results.md and .json).
+3. The mean and standard deviation of the test accuracies over the draws, as a
+   Markdown table (`table`; `run` also writes <root>/results.md and .json).
 
-Every run is an ordinary workdir under --root (default runs/transfer_mnist), so
-`scripts.evaluate`, `scripts.visualize` and `scripts.extract_features` work on them.
-A few CPU minutes for MNIST.
+Every run is an ordinary workdir under the root, so `scripts.evaluate`,
+`scripts.visualize` and `scripts.extract_features` work on them. Training and the
+linear probe are the library's (`cnn.evaluation.fit_and_test_accuracy`,
+`cnn.evaluation.linear_probe_accuracy`); the shards, presets and table are this study's.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -30,16 +27,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from cnn.errors import ConfigError, exit_on_user_error
+from cnn.errors import ConfigError
 
-EXPERIMENT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "finetune_mnist.py"
+EXPERIMENT = pathlib.Path(__file__).resolve().parent / "config.py"
 OLD, NEW = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 METHODS = ("scratch", "features", "head", "head+all")
 
 
 def write_shards(root: pathlib.Path, data: str, shots: Sequence[int],
                  seeds: Sequence[int], data_dir: Optional[str]) -> dict[str, int]:
-  """The npz shards of the example (see experiments/finetune_mnist.py); returns counts."""
+  """The npz shards of the example (see experiments/finetune/config.py); returns counts."""
   from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
   ds = data_lib.load(data, data_dir=data_dir)
   folder = root / "data"
@@ -97,29 +94,6 @@ def configure(preset: str, root: pathlib.Path, shots: int, *, seed: int,
   return c
 
 
-def train_and_test(config, workdir: pathlib.Path) -> float:
-  """Trains (afresh) and returns the test accuracy of the final checkpoint."""
-  from cnn import evaluation, train  # pylint: disable=import-outside-toplevel
-  train.fit(config, workdir, overwrite=True)
-  return 1.0 - evaluation.evaluate_workdir(workdir)["top1_error"]
-
-
-def feature_accuracy(pretrain: pathlib.Path, source: str, seed: int) -> float:
-  """Logistic regression on the pre-trained network's penultimate features."""
-  from sklearn.linear_model import LogisticRegression  # pylint: disable=import-outside-toplevel
-  from sklearn.pipeline import make_pipeline  # pylint: disable=import-outside-toplevel
-  from sklearn.preprocessing import StandardScaler  # pylint: disable=import-outside-toplevel
-  from cnn import data as data_lib, evaluation, transfer  # pylint: disable=import-outside-toplevel
-  run, state, _ = evaluation.restore_state(pretrain)
-  ds = data_lib.load(source)
-  fit_on = transfer.split_features(run, state, ds.train)
-  test_on = transfer.split_features(run, state, ds.test)
-  clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000,
-                                                           random_state=seed))
-  clf.fit(fit_on["features"], fit_on["labels"])
-  return float(clf.score(test_on["features"], test_on["labels"]))
-
-
 def table(results: dict, shots: Sequence[int], seeds: Sequence[int], counts) -> str:
   """Markdown: mean +- standard deviation (over the draws) of each method's accuracy."""
   head = "| method | " + " | ".join(f"{n} per class" for n in shots) + " |"
@@ -140,73 +114,58 @@ def table(results: dict, shots: Sequence[int], seeds: Sequence[int], counts) -> 
   return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m scripts.finetune", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--root", default="runs/transfer_mnist",
-                      help="folder for the shards and the runs (default %(default)s)")
-  parser.add_argument("--data", default="mnist", help="mnist (default) or digits")
-  parser.add_argument("--data-dir", default=None, help="where mnist/ lives")
-  parser.add_argument("--shots", default="10,50",
-                      help="training images per class, comma-separated (default 10,50)")
-  parser.add_argument("--seeds", type=int, default=3,
-                      help="draws of the few training images (seeds 0..k-1; default 3)")
-  parser.add_argument("--steps", type=int, default=None,
-                      help="steps of each few-shot run (default: the experiment's)")
-  parser.add_argument("--pretrain-steps", type=int, default=None)
-  parser.add_argument("--reuse-pretrain", action="store_true",
-                      help="keep a finished pretrain run under --root")
-  args = parser.parse_args(argv)
-  root = pathlib.Path(args.root)
-  with exit_on_user_error():
-    try:
-      shots = sorted({int(s) for s in args.shots.split(",") if s.strip()})
-    except ValueError:
-      raise ConfigError(f"--shots {args.shots!r} must be positive integers such as "
-                        "10,50.") from None
-    if not shots or min(shots) <= 0:
-      raise ConfigError(f"--shots {args.shots!r} must be positive integers such as 10,50.")
-    if args.seeds <= 0:
-      raise ConfigError(f"--seeds must be positive, got {args.seeds}.")
-    seeds = list(range(args.seeds))
-    if args.data not in ("mnist", "digits"):
-      raise ConfigError(f"--data must be mnist or digits, got {args.data!r}.")
-    start = time.time()
-    counts = write_shards(root, args.data, shots, seeds, args.data_dir)
-    options = dict(steps=args.steps, pretrain_steps=args.pretrain_steps)
-    pretrain = root / "pretrain"
-    results: dict = {m: {n: {} for n in shots} for m in METHODS}
-    if not (args.reuse_pretrain and (pretrain / "final.json").exists()):
-      results["pretrain"] = train_and_test(
-          configure("pretrain", root, 0, seed=0, **options), pretrain)
-    else:
-      from cnn import evaluation  # pylint: disable=import-outside-toplevel
-      results["pretrain"] = 1.0 - evaluation.evaluate_workdir(pretrain)["top1_error"]
-    print(f"pretrained on digits 0-4: {100 * results['pretrain']:.2f} % "
-          f"({time.time() - start:.0f} s)", file=sys.stderr)
-    for seed in seeds:
-      for n in shots:
-        tag = f"{n}-seed{seed}"
-        r = {"scratch": train_and_test(configure("scratch", root, n, seed=seed, **options),
-                                       root / f"scratch-{tag}")}
-        c = configure("head", root, n, seed=seed, **options)
-        r["features"] = feature_accuracy(pretrain, c.data.source, seed)
-        r["head"] = train_and_test(c, root / f"head-{tag}")
-        r["head+all"] = train_and_test(configure("all", root, n, seed=seed, **options),
-                                       root / f"all-{tag}")
-        for method, acc in r.items():
-          results[method][n][seed] = acc
-        print(f"{n} per class, draw {seed}: " + ", ".join(
-            f"{m} {100 * a:.2f} %" for m, a in r.items()) +
-              f" ({time.time() - start:.0f} s)", file=sys.stderr)
-  text = table(results, shots, seeds, counts)
+def parse_shots(text: str) -> list[int]:
+  """'10,50' -> [10, 50] (sorted, distinct, positive)."""
+  try:
+    shots = sorted({int(s) for s in text.split(",") if s.strip()})
+  except ValueError:
+    shots = []
+  if not shots or min(shots) <= 0:
+    raise ConfigError(f"--shots {text!r} must be positive integers such as 10,50.")
+  return shots
+
+
+def run(root: pathlib.Path, *, data: str = "mnist", data_dir: Optional[str] = None,
+        shots: Sequence[int] = (10, 50), seeds: int = 3, steps: Optional[int] = None,
+        pretrain_steps: Optional[int] = None, reuse_pretrain: bool = False) -> str:
+  """The whole study under `root`; returns the table (also in results.md/.json)."""
+  from cnn import evaluation  # pylint: disable=import-outside-toplevel
+  if seeds <= 0:
+    raise ConfigError(f"--seeds must be positive, got {seeds}.")
+  if data not in ("mnist", "digits"):
+    raise ConfigError(f"--data must be mnist or digits, got {data!r}.")
+  draws = list(range(seeds))
+  start = time.time()
+  counts = write_shards(root, data, shots, draws, data_dir)
+  options = dict(steps=steps, pretrain_steps=pretrain_steps)
+  pretrain = root / "pretrain"
+  results: dict = {m: {n: {} for n in shots} for m in METHODS}
+  if not (reuse_pretrain and (pretrain / "final.json").exists()):
+    results["pretrain"] = evaluation.fit_and_test_accuracy(
+        configure("pretrain", root, 0, seed=0, **options), pretrain)
+  else:
+    results["pretrain"] = 1.0 - evaluation.evaluate_workdir(pretrain)["top1_error"]
+  print(f"pretrained on digits 0-4: {100 * results['pretrain']:.2f} % "
+        f"({time.time() - start:.0f} s)", file=sys.stderr)
+  for seed in draws:
+    for n in shots:
+      tag = f"{n}-seed{seed}"
+      c = configure("head", root, n, seed=seed, **options)
+      r = {"scratch": evaluation.fit_and_test_accuracy(
+               configure("scratch", root, n, seed=seed, **options), root / f"scratch-{tag}"),
+           "features": evaluation.linear_probe_accuracy(pretrain, c.data.source,
+                                                        seed=seed),
+           "head": evaluation.fit_and_test_accuracy(c, root / f"head-{tag}")}
+      r["head+all"] = evaluation.fit_and_test_accuracy(
+          configure("all", root, n, seed=seed, **options), root / f"all-{tag}")
+      for method, acc in r.items():
+        results[method][n][seed] = acc
+      print(f"{n} per class, draw {seed}: " + ", ".join(
+          f"{m} {100 * a:.2f} %" for m, a in r.items()) +
+            f" ({time.time() - start:.0f} s)", file=sys.stderr)
+  text = table(results, shots, draws, counts)
   (root / "results.md").write_text(text)
   (root / "results.json").write_text(json.dumps(
-      {"data": args.data, "counts": counts, "seconds": round(time.time() - start, 1),
-       **{k: v for k, v in results.items()}}, indent=2) + "\n")
-  sys.stdout.write(text)
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())
+      {"data": data, "counts": counts, "seconds": round(time.time() - start, 1),
+       **results}, indent=2) + "\n")
+  return text
