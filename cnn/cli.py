@@ -16,7 +16,7 @@ import re
 import sys
 from typing import Optional, Sequence
 
-from cnn.errors import ConfigError
+from cnn.errors import ConfigError, exit_on_user_error
 
 OVERRIDE_PREFIX = "--config."
 OVERRIDE_HELP = ("Config overrides: --config.a.b=VALUE or --config.a.b VALUE (VALUE a "
@@ -80,7 +80,8 @@ def parse(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None, *,
           overrides: bool = True) -> tuple[argparse.Namespace, list[str]]:
   """(arguments, ``a.b=v`` overrides) of `argv` (default ``sys.argv[1:]``).
 
-  A malformed override or unknown argument exits 2 with argparse's usage error;
+  A malformed override exits 2 with its one sentence, an unknown argument with
+  argparse's usage error;
   ``--help`` prints the help and exits 0 (a subcommand's own with subparsers).
   With `overrides` False, ``--config.*`` arguments are refused like any unknown flag.
   """
@@ -89,10 +90,11 @@ def parse(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None, *,
     return p.parse_args(argv), []
   try:
     rest, found = split_overrides(argv)
-  except ConfigError as e:
+  except ConfigError:
     if "-h" in argv or "--help" in argv:
       p.parse_args(["--help"])   # asking for help is never an error
-    p.error(str(e))
+    with exit_on_user_error():   # one sentence and exit 2, as every config mistake
+      raise
   return p.parse_args(rest), found
 
 

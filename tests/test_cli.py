@@ -88,7 +88,7 @@ def test_both_override_spellings_split_alike(argv, expected):
   assert not any(a.startswith("--config.") for a in rest)
 
 
-def test_an_override_without_value_is_a_usage_error(capsys):
+def test_an_override_without_value_is_one_sentence(capsys):
   with pytest.raises(ConfigError, match="has no value"):
     cli.split_overrides(["--config.train.steps", "--workdir", "w"])
   from scripts import train as train_cli
@@ -96,7 +96,9 @@ def test_an_override_without_value_is_a_usage_error(capsys):
     train_cli.main(["--config", "experiments/lenet_digits.py", "--workdir", "w",
                     "--config.train.steps"])
   assert info.value.code == 2
-  assert "--config.train.steps has no value" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and err.count("\n") == 1
+  assert "--config.train.steps has no value" in err
 
 
 def test_train_applies_both_override_spellings(tmp_path, monkeypatch, capsys):
