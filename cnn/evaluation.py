@@ -89,9 +89,10 @@ def linear_probe_accuracy(workdir: str | pathlib.Path, source: str, *, seed: int
   The features are standardised first (their scales differ by orders of magnitude
   between units, which slows lbfgs and skews the L2 penalty).
   """
-  from sklearn.linear_model import LogisticRegression  # pylint: disable=import-outside-toplevel
-  from sklearn.pipeline import make_pipeline  # pylint: disable=import-outside-toplevel
-  from sklearn.preprocessing import StandardScaler  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel  (sklearn only when probing)
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.pipeline import make_pipeline
+  from sklearn.preprocessing import StandardScaler
   run, state, _ = restore_state(pathlib.Path(workdir), best=best)
   ds = data_lib.load(source)
   fit_on = transfer.split_features(run, state, ds.train)

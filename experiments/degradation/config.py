@@ -1,7 +1,8 @@
 """The degradation study: plain nets against ResNets of the same depth on CIFAR-10
 (He et al. 2016, "Deep Residual Learning for Image Recognition", Fig. 6 and Table 6).
 
-    python -m scripts.sweep --config experiments/degradation/config.py --root runs/degradation
+    python -m scripts.sweep --config experiments/degradation/config.py \
+        --root runs/degradation
     python -m scripts.sweep --config experiments/degradation/config.py:cpu \
         --root runs/degradation
     python -m experiments.degradation.plot runs/degradation --out docs/degradation/fig6
@@ -120,8 +121,8 @@ def cpu_config() -> config_lib.ml_collections.ConfigDict:
 
 def get_config(preset: str = ""):
   if preset not in PRESETS:
-    raise ConfigError(f"Unknown preset {preset!r} of experiments/degradation/config.py; use "
-                      "'' (the paper's recipe), 'val', 'with110' or 'cpu'.")
+    raise ConfigError(f"Unknown preset {preset!r} of experiments/degradation/config.py; "
+                      "use '' (the paper's recipe), 'val', 'with110' or 'cpu'.")
   if preset == "cpu":
     return cpu_config()
   c = paper_config()

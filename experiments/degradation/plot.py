@@ -7,10 +7,11 @@ colour per depth, training error dashed (the logged train_top1_error: augmented 
 in train mode, averaged over each logging window) and evaluation error solid
 (eval_top1_error: test, or validation for runs with data.validation_size), against
 iterations, as in the paper's figure; dotted vertical lines mark the learning-rate
-drops. Also <out dir>/grad_norms.png (and .pdf): the gradient norm of each stage (grad_norm/stage1..3, plus the stem conv1 and the
-head) of the plain net and the ResNet of one depth (--grad_depth, default the
-deepest that both families have), the "why plain nets degrade" view. The curves of
-any runs, of any study, are `python -m scripts.plot`.
+drops. Also <out dir>/grad_norms.png (and .pdf): the gradient norm of each stage
+(grad_norm/stage1..3, plus the stem conv1 and the head) of the plain net and the
+ResNet of one depth (--grad_depth, default the deepest that both families have), the
+"why plain nets degrade" view. The curves of any runs, of any study, are
+`python -m scripts.plot`.
 """
 from __future__ import annotations
 

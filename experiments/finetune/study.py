@@ -151,8 +151,8 @@ def run(root: pathlib.Path, *, data: str = "mnist", data_dir: Optional[str] = No
     for n in shots:
       tag = f"{n}-seed{seed}"
       c = configure("head", root, n, seed=seed, **options)
-      r = {"scratch": evaluation.fit_and_test_accuracy(
-               configure("scratch", root, n, seed=seed, **options), root / f"scratch-{tag}"),
+      scratch = configure("scratch", root, n, seed=seed, **options)
+      r = {"scratch": evaluation.fit_and_test_accuracy(scratch, root / f"scratch-{tag}"),
            "features": evaluation.linear_probe_accuracy(pretrain, c.data.source,
                                                         seed=seed),
            "head": evaluation.fit_and_test_accuracy(c, root / f"head-{tag}")}
