@@ -11,9 +11,9 @@ them that any study builds on:
 * `final_window_mean`: a metric averaged over the log windows at the end of the run
   (a few thousand images rather than one window's);
 * `last_value`, `mean_std` (over seeds), `mean_curve` (over seeds, step by step);
-* `group`: runs grouped by a config key, e.g. everything but the seed.
+* `group`: runs grouped by a key of each run, by default everything but the seed.
 
-Nothing here knows a paper or a study; see experiments/degradation/analysis.py for one.
+Nothing here knows a paper or a study: the studies under experiments/ build on it.
 """
 from __future__ import annotations
 

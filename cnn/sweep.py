@@ -266,13 +266,20 @@ def write_plan(root: str | pathlib.Path, spec: str, runs: Sequence[SweepRun],
     try:
       old = json.loads(path.read_text())
       listed = {r["name"] for r in index["runs"]}
-      if old.get("spec") == spec:
+      if _resolved(old.get("spec", "")) == _resolved(spec):
         index["runs"] = [r for r in old.get("runs", []) if r["name"] not in listed] + \
             index["runs"]
     except (ValueError, KeyError, TypeError):
       pass
   path.write_text(json.dumps(index, indent=2) + "\n")
   return path
+
+
+def _resolved(spec: str) -> str:
+  """A spec with its file's absolute path: the subprocess executor's child sweeps get
+  the absolute spec, and must merge with the parent's sweep.json, not replace it."""
+  path, sep, preset = spec.partition(":")
+  return str(pathlib.Path(path).resolve()) + sep + preset
 
 
 def seed_groups(runs: Sequence[SweepRun]) -> list[list[SweepRun]]:
@@ -548,8 +555,7 @@ def run(spec: str, root: str | pathlib.Path, *, overrides: Sequence[str] = (),
   if executor not in EXECUTORS:
     raise unknown_choice("executor", executor, EXECUTORS)
   typed = spec                    # as the user wrote it, for sweep.json's commands
-  path, sep, preset = spec.partition(":")
-  spec = str(pathlib.Path(path).resolve()) + sep + preset   # for subprocesses and jobs
+  spec = _resolved(spec)          # for subprocesses and jobs, which run elsewhere
   root = pathlib.Path(root)
   overrides = list(overrides)
   runs = plan(spec, root, overrides=overrides, only=only)

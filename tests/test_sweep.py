@@ -225,3 +225,18 @@ def test_imagenet_variant_pairs_plain_and_residual_18_34(tmp_path):
                                                   jnp.zeros((1, 224, 224, 3)), train=False))
     return jax.tree.map(lambda x: x.shape, variables)
   assert shapes("plain34") == shapes("resnet34")
+
+
+def test_subprocess_executor_trains_each_run_in_a_fresh_process(tmp_path, capsys,
+                                                                monkeypatch):
+  """The executor runs ``python -m scripts.sweep --config ... --only <run>`` from the
+  repository root, whatever the current directory; the child's sweep.json merges with
+  the parent's."""
+  spec, root = tiny_spec(tmp_path, 'sweep.product({"seed": [5]})'), tmp_path / "runs"
+  monkeypatch.chdir(tmp_path)          # not the repository root
+  assert sweep_script.main(["--config", spec, "--root", str(root),
+                            "--executor", "subprocess"]) == 0
+  assert "s5: done" in capsys.readouterr().out
+  assert json.loads((root / "s5" / "final.json").read_text())["step"] == 4
+  assert [r["name"] for r in json.loads((root / "sweep.json").read_text())["runs"]] == [
+      "s5"]
