@@ -71,3 +71,33 @@ def extract_features(workdir: str | pathlib.Path, *, split: str = "eval",
   part = {"train": ds.train, "eval": ds.eval, "test": ds.test}[split]
   return transfer.split_features(run, state, part, layer=layer, what=what,
                                  batch_size=batch_size)
+
+
+def fit_and_test_accuracy(config: ml_collections.ConfigDict,
+                          workdir: str | pathlib.Path) -> float:
+  """Trains `config` afresh in `workdir` and returns the top-1 accuracy of its final
+  checkpoint on the evaluation split (1 - top-1 error)."""
+  train.fit(config, workdir, overwrite=True)
+  return 1.0 - evaluate_workdir(pathlib.Path(workdir))["top1_error"]
+
+
+def linear_probe_accuracy(workdir: str | pathlib.Path, source: str, *, seed: int = 0,
+                          best: bool = False) -> float:
+  """The trained network as a fixed feature extractor: a logistic regression on its
+  penultimate features of `source`'s training split, scored on its test split.
+
+  The features are standardised first (their scales differ by orders of magnitude
+  between units, which slows lbfgs and skews the L2 penalty).
+  """
+  # pylint: disable=import-outside-toplevel  (sklearn only when probing)
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.pipeline import make_pipeline
+  from sklearn.preprocessing import StandardScaler
+  run, state, _ = restore_state(pathlib.Path(workdir), best=best)
+  ds = data_lib.load(source)
+  fit_on = transfer.split_features(run, state, ds.train)
+  test_on = transfer.split_features(run, state, ds.test)
+  clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000,
+                                                           random_state=seed))
+  clf.fit(fit_on["features"], fit_on["labels"])
+  return float(clf.score(test_on["features"], test_on["labels"]))

@@ -156,7 +156,7 @@ class TorchRunner:
       raise ConfigError(
           "--vs torch needs PyTorch, which is not installed; install it with "
           "`pip install torch==2.13.0` (CPU wheel) or leave out --vs torch.")
-    cmd = [sys.executable, "-m", "scripts.torch_reference", "--model", model_name,
+    cmd = [sys.executable, "-m", "benchmarks.torch_reference", "--model", model_name,
            "--batch", str(batch), "--steps", str(steps), "--threads", str(threads),
            "--serve"]
     # OpenMP threads that spin while waiting collapse PyTorch's throughput 5-10x when

@@ -144,7 +144,7 @@ def test_sweep_vmap_seeds_resumes_an_interrupted_group(tmp_path, capsys):
                          multi_impl="vmap")
   assert [r["status"] for r in part] == ["preempted"] * 2
   capsys.readouterr()
-  assert sweep_script.main([str(spec), "--root", str(root), "--vmap_seeds",
+  assert sweep_script.main(["--config", str(spec), "--root", str(root), "--vmap_seeds",
                             "--multi_impl", "vmap"]) == 0
   captured = capsys.readouterr()
   assert captured.err.count("resumed from step 2") == 2

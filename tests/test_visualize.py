@@ -51,7 +51,7 @@ def test_filters_grid_of_lenet_conv1(lenet_run, tmp_path):
 def test_feature_maps_of_a_layer(lenet_run, tmp_path, layer, size):
   out = tmp_path / f"{layer}.png"
   assert cli.main(["features", "--workdir", str(lenet_run), "--layer", layer,
-                   "--image-index", "3", "--out", str(out)]) == 0
+                   "--image_index", "3", "--out", str(out)]) == 0
   _png(out, size)
 
 
