@@ -24,7 +24,7 @@ stacked states, so XLA sees one k-times wider computation (k convolutions become
 grouped convolution): what a GPU wants. "unroll" writes the step out once per model in
 the same program: the same kernels as k separate runs, one dispatch per iteration. On
 XLA:CPU grouped convolutions are slow (vmap measured ~6x slower than k sequential
-steps for ResNet-20, scripts/benchmark_multi.py), so "auto" unrolls on CPU.
+steps for ResNet-20, benchmarks/benchmark_multi.py), so "auto" unrolls on CPU.
 
 Results match separate runs up to floating-point reduction order (vmap may sum in
 another order; measured <= 2.4e-7 after 4 steps), bit for bit with "unroll":
@@ -106,7 +106,7 @@ IMPLS = ("auto", "vmap", "unroll")
 def resolve_impl(impl: str) -> str:
   """"auto": "vmap" on accelerators, "unroll" on CPU, where XLA runs the grouped
   convolutions that vmap makes of k models' convolutions ~6x slower than k separate
-  ones (scripts/benchmark_multi.py, docs/degradation/README.md)."""
+  ones (benchmarks/benchmark_multi.py, docs/degradation/README.md)."""
   if impl not in IMPLS:
     raise unknown_choice("multi-model implementation", impl, IMPLS)
   if impl == "auto":
