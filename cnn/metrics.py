@@ -104,6 +104,45 @@ def pixel_topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Arra
   return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
 
 
+# Image-level heads of deck 5: multi-label (a sigmoid per class) and regression.
+
+def sigmoid_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-class binary cross-entropy of logits against 0/1 labels (numerically stable:
+  max(z, 0) - z y + log(1 + exp(-|z|)))."""
+  z, y = logits.astype(jnp.float32), labels.astype(jnp.float32)
+  return jnp.maximum(z, 0.0) - z * y + jnp.log1p(jnp.exp(-jnp.abs(z)))
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+  """Average precision of one class: the mean, over its positive examples, of the
+  precision among the examples scored at least as high (ties count together, as in
+  scikit-learn's average_precision_score). NaN without positives."""
+  scores, labels = np.asarray(scores, np.float64), np.asarray(labels) > 0
+  positives = int(labels.sum())
+  if positives == 0:
+    return float("nan")
+  order = np.argsort(-scores, kind="stable")
+  scores, labels = scores[order], labels[order]
+  # The last index of each run of equal scores: a threshold admits the whole run.
+  ends = np.r_[np.flatnonzero(np.diff(scores) != 0), len(scores) - 1]
+  hits = np.cumsum(labels)[ends]
+  precision = hits / (ends + 1)
+  recall_gain = np.diff(np.r_[0, hits]) / positives
+  return float(np.sum(precision * recall_gain))
+
+
+def multilabel_scores(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+  """Per-class AP, their mean over the classes that occur (mAP), exact-match error and
+  Hamming error (threshold 0.5) of sigmoid scores (N, K) against 0/1 labels (N, K)."""
+  ap = [average_precision(scores[:, k], labels[:, k]) for k in range(labels.shape[1])]
+  predicted = scores >= 0.5
+  truth = labels > 0
+  return {"map": float(np.nanmean(ap)) if not np.all(np.isnan(ap)) else float("nan"),
+          "ap": [None if np.isnan(v) else float(v) for v in ap],
+          "exact_match_error": float(np.mean(np.any(predicted != truth, axis=1))),
+          "hamming_error": float(np.mean(predicted != truth))}
+
+
 def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
   """All records of a metrics.jsonl (a torn last line from a kill is skipped)."""
   rows = []
