@@ -33,6 +33,9 @@ DEPTHS = (18, 34)
 FAMILIES = ("plain", "resnet")
 
 
+PRESETS = ("",)   # no named presets
+
+
 def get_config(preset: str = ""):
   if preset:
     raise ConfigError(f"experiments/degradation_imagenet.py has no preset {preset!r}; "

@@ -21,6 +21,9 @@ from cnn import segmentation
 from cnn.errors import unknown_choice
 
 
+PRESETS = ("", "fcn8s")
+
+
 def get_config(preset: str = ""):
   c = segmentation.defaults()
   c.data.source = "canvas"            # canvas:mnist when ../shared/data/mnist exists

@@ -15,6 +15,9 @@ from cnn import segmentation
 from cnn.errors import unknown_choice
 
 
+PRESETS = ("", "fcn8s")
+
+
 def get_config(preset: str = ""):
   c = segmentation.defaults()
   c.data.source = "tfds:oxford_iiit_pet"
