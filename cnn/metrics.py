@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn.errors import DiskFullError, disk_full
+
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   """1.0 where the label is among the k largest logits, per example."""
@@ -138,15 +140,23 @@ class MetricWriter:
     rows = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
     # Written aside and renamed: a kill during the rewrite must not lose the records.
     tmp = self.path.with_name(f".{self.path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.write_text("".join(strict_json(r) + "\n" for r in rows))
     os.replace(tmp, self.path)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
-    with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    line = strict_json(record) + "\n"
+    try:
+      with self.path.open("a") as f:
+        f.write(line)
+    except OSError as e:
+      if not disk_full(e):
+        raise
+      raise DiskFullError(f"no space left on device writing step {step}'s metrics to "
+                          f"{self.path}; free some space and run the same command again "
+                          "to resume from the last checkpoint.") from None
     if self._tb is not None:
       for key, value in record.items():
         if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
@@ -159,11 +169,26 @@ class MetricWriter:
 
 
 def _plain(value: Any) -> Any:
+  """A JSON-ready scalar: numpy and jax scalars as Python ones, NaN and +-inf as None
+  (strict JSON has no literal for them; None reads as "no value")."""
   if isinstance(value, (np.generic, np.ndarray, jax.Array)):
     value = np.asarray(value).item()
   if isinstance(value, float) and not math.isfinite(value):
-    return None if math.isnan(value) else value
+    return None
   return value
+
+
+def _finite_tree(obj: Any) -> Any:
+  if isinstance(obj, dict):
+    return {k: _finite_tree(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_finite_tree(v) for v in obj]
+  return _plain(obj)
+
+
+def strict_json(obj: Any, **kwargs) -> str:
+  """`json.dumps` of `obj` with non-finite numbers as null: always strict JSON."""
+  return json.dumps(_finite_tree(obj), allow_nan=False, **kwargs)
 
 
 class ProgressBar:
@@ -186,7 +211,8 @@ class ProgressBar:
     eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
     width = 24
     filled = int(width * step / max(self.total, 1))
-    parts = " ".join(f"{k} {v:.4g}" for k, v in fields.items())
+    # A window of skipped steps has no loss (None): it is left out, not shown as 0.
+    parts = " ".join(f"{k} {v:.4g}" for k, v in fields.items() if v is not None)
     eta_txt = "?" if math.isnan(eta) else f"{int(eta // 60)}:{int(eta % 60):02d}"
     self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
                       f"{step}/{self.total} {parts} eta {eta_txt}   ")

@@ -40,6 +40,7 @@ from cnn import optim
 from cnn import sharding
 from cnn import tasks
 from cnn import transfer
+from cnn import workdir as workdir_lib
 from cnn.errors import ConfigError, unknown_choice
 
 Batch = tuple[jax.Array, jax.Array]
@@ -488,6 +489,7 @@ def prepare_workdir(workdir: pathlib.Path, config, *, overwrite: bool = False,
                       "writable --workdir.") from None
 
 
+@workdir_lib.locked   # one run per workdir: a second one is refused at once
 def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False,
         fork: bool = False, stop_after: Optional[int] = None) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
@@ -554,11 +556,11 @@ def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False,
         status = "halted"
         raise_nonfinite(state, halted_at, checkpointer)
       window = jax.device_get(state.window)
-      count = max(float(window.pop("count")), 1.0)
+      count = float(window.pop("count"))   # 0: every step of the window was skipped
       elapsed = time.time() - window_start
       record = {"epoch": step / steps_per_epoch,
                 "lr": float(run.schedule(step - 1)) * float(state.lr_scale),
-                **{(k if "/" in k else f"train_{k}"): float(v) / count
+                **{(k if "/" in k else f"train_{k}"): float(v) / count if count else None
                    for k, v in window.items()},
                 "img_per_s": (step - window_step) * tc.batch_size / max(elapsed, 1e-9),
                 "skipped_steps": int(state.skipped)}
@@ -588,7 +590,7 @@ def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False,
     last = dict(rows[-1]) if rows else {"step": step}
   last["status"] = status
   if status == "done":
-    write_atomic(workdir / "final.json", json.dumps(last, indent=2) + "\n")
+    write_atomic(workdir / "final.json", metrics_lib.strict_json(last, indent=2) + "\n")
   return last
 
 

@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
       return 1
   summary = {k: result[k] for k in ("step", "eval_loss", "eval_top1_error",
                                     "eval_top5_error", "train_loss") if k in result}
+  skipped = int(result.get("skipped_steps") or 0)
+  if skipped:   # train.nonfinite="skip": the means leave those steps out
+    print(f"{skipped} of {result.get('step')} steps were skipped for a non-finite loss or "
+          "update (train.nonfinite='skip'); a log window of skipped steps only has null "
+          "train metrics.")
   if result.get("status") == "preempted":
     print(f"stopped at step {result.get('step')} with a checkpoint; run the same "
           "command again to resume.", file=sys.stderr)
