@@ -88,6 +88,41 @@ def _muted_stderr(linger_s: float = 0.5) -> Iterator[None]:
     os.close(devnull_fd)
 
 
+class _HeldErrors(logging.Filter):
+  """Holds orbax's ERROR log records back until the write they may be about is
+  settled: a full disk makes its background threads log the same failure a dozen
+  times, with tracebacks, while the run goes on, and the one line `Checkpointer`
+  says then is enough. Records are passed on when the write succeeds or fails for
+  another reason (`release`), and dropped when the disk was full (`drop`)."""
+
+  def __init__(self):
+    super().__init__()
+    self.held: list[logging.LogRecord] = []
+    self.passing = False
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if self.passing or record.levelno < logging.ERROR:
+      return True
+    self.held.append(record)
+    return False
+
+  def release(self) -> None:
+    records, self.held = self.held, []
+    self.passing = True
+    try:
+      for record in records:
+        logging.getLogger(record.name).handle(record)
+    finally:
+      self.passing = False
+
+  def drop(self) -> None:
+    self.held = []
+
+
+_HELD = _HeldErrors()
+logging.getLogger("absl").addFilter(_HELD)
+
+
 def _manager(path: pathlib.Path, keep: int, *, best_metric: Optional[str] = None,
              best_mode: str = "min", read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
@@ -118,6 +153,7 @@ class Checkpointer:
     # The step each manager is writing in the background: a failure surfaces at the
     # next save or wait, and is reported for this step.
     self._writing: dict[str, Optional[int]] = {"latest": None, "best": None}
+    self._abandoned = False      # True after a full disk: nothing more is written
 
   def _latest_manager(self) -> ocp.CheckpointManager:
     return _manager(self.workdir / "checkpoints", self.keep, read_only=self.read_only)
@@ -175,11 +211,16 @@ class Checkpointer:
   def _wait(self, which: str) -> None:
     """Waits for the background write of `which` ("latest" or "best") to finish."""
     manager = self._manager_of(which)
-    if manager is None:
+    if manager is None or self._abandoned:
       return
     with self._disk_full_is_one_line(which, self._writing[which]):
-      manager.wait_until_finished()
+      # Muted: a failed write makes tensorstore's threads print a traceback each as
+      # orbax closes its event loop ("Event loop is closed").
+      with _muted_stderr():
+        manager.wait_until_finished()
     self._writing[which] = None
+    if not any(step is not None for step in self._writing.values()):
+      _HELD.release()      # held records may concern the other manager's write
 
   @contextlib.contextmanager
   def _disk_full_is_one_line(self, which: str, step: Optional[int]) -> Iterator[None]:
@@ -191,8 +232,10 @@ class Checkpointer:
       raise
     except Exception as e:  # noqa: BLE001 -- only a full disk is translated
       if not disk_full(e):
+        _HELD.release()
         raise
       self._writing[which] = None
+      self._abandon()
       manager = self._manager_of(which)
       intact = [s for s in _complete_steps(pathlib.Path(manager.directory)) if s != step]
       kind = "checkpoint" if which == "latest" else "best checkpoint"
@@ -256,15 +299,35 @@ class Checkpointer:
           "evaluate the latest checkpoint instead.")
     return step, state
 
+  def _abandon(self) -> None:
+    """After a full disk: lets orbax's background writes end and closes the managers
+    with stderr muted (their threads print tracebacks as they fail, some even at
+    interpreter exit unless closed), then drops the log records held meanwhile."""
+    self._abandoned = True
+    with _quiet_orbax(), _muted_stderr():
+      for manager in (self.latest, self.best):
+        if manager is None:
+          continue
+        with contextlib.suppress(Exception):
+          manager.wait_until_finished()
+        with contextlib.suppress(Exception):
+          manager.close()
+      time.sleep(0.5)        # tensorstore callbacks still finishing on their threads
+      gc.collect()
+    _HELD.drop()
+
   def wait(self) -> None:
     self._wait("latest")
     self._wait("best")
 
   def close(self) -> None:
+    if self._abandoned:
+      return
     self.wait()
     self.latest.close()
     if self.best is not None:
       self.best.close()
+    _HELD.release()
 
 
 def check_compatible(workdir: str | pathlib.Path, abstract_state: Any) -> None:
