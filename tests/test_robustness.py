@@ -453,6 +453,9 @@ def test_a_checkpoint_is_trusted_only_with_a_matching_fingerprint(damage, two_ch
   assert step == 2, err
   assert err.count("\n") == 0 and err.startswith("warning: checkpoint 4 in "), err
   assert "trying the previous one" in err
+  # Caught for the right reason: the remaining fingerprint, or the lack of any.
+  reason = "no fingerprint" if damage == "no_fingerprint_anywhere" else "differ from those saved"
+  assert reason in err, err
   assert (workdir / ckpt_lib.UNREADABLE / "4").is_dir()
 
 
@@ -527,6 +530,20 @@ def _strict(text: str):
 SKIP_RUN = _overrides(steps=6, batch_size=32, log_every=2, eval_every=0,
                       checkpoint_every=1, keep_checkpoints=10,
                       optim__learning_rate=1e30, nonfinite="skip")
+
+
+def test_non_finite_values_are_written_as_null(tmp_path):
+  """metrics.jsonl and final.json are strict JSON whatever the run produced."""
+  from cnn import metrics as metrics_lib
+  writer = metrics_lib.MetricWriter(tmp_path, tensorboard=False)
+  writer.write(3, {"eval_loss": float("nan"), "train_loss": np.float32(np.inf),
+                   "grad_norm": -float("inf"), "lr": 0.5})
+  writer.close()
+  record = _strict((tmp_path / "metrics.jsonl").read_text())
+  assert record == {"step": 3, "eval_loss": None, "train_loss": None, "grad_norm": None,
+                    "lr": 0.5}
+  nested = {"a": [1.0, float("nan")], "b": {"c": float("inf")}}
+  assert _strict(metrics_lib.strict_json(nested)) == {"a": [1.0, None], "b": {"c": None}}
 
 
 def test_skip_mode_reports_skipped_windows_as_null_in_strict_json(tmp_path, capfd):
