@@ -96,7 +96,7 @@ SCHEMA: dict[str, Any] = {
                                doc="examples (int) or fraction carved out of train"),
         "augment": Key("none", "str", doc="none | flip | cifar | imagenet | shift"),
         "image_size": Key(None, "size", optional=True,
-                          doc="(H, W) to resize/crop to; an int n means (n, n)"),
+                          doc="the data's own size"),   # resized/cropped to
         "channels": Key(None, "int", (1, 3), optional=True, doc="the data's own"),
         "num_classes": Key(None, "int", AT_LEAST_1, optional=True,
                            doc="the dataset's own, or max label + 1"),
@@ -303,7 +303,8 @@ def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     named = [p for p in presets if p]
     if not named:
       raise ConfigError(f"{path} has no presets; use it without ':{preset}'.")
-    raise unknown_choice(f"preset of {path}", preset, named)
+    message = str(unknown_choice("preset", preset, named))
+    raise ConfigError(message.replace(f"preset {preset!r};", f"preset {preset!r} of {path};", 1))
   try:
     config = module.get_config(preset) if preset else module.get_config()
   except ConfigError:
