@@ -236,8 +236,9 @@ class Checkpointer:
         raise
       self._writing[which] = None
       self._abandon()
-      manager = self._manager_of(which)
-      intact = [s for s in _complete_steps(pathlib.Path(manager.directory)) if s != step]
+      # What a rerun resumes from: the latest checkpoints, whichever write failed.
+      intact = [s for s in _complete_steps(pathlib.Path(self.latest.directory))
+                if not (which == "latest" and s == step)]
       kind = "checkpoint" if which == "latest" else "best checkpoint"
       where = (f"checkpoints up to {max(intact)} are intact" if intact
                else "no earlier checkpoint exists")
