@@ -514,6 +514,19 @@ def test_a_full_disk_is_one_line_and_earlier_checkpoints_stay_intact(tmp_path, c
     assert step == intact and restored is not None
 
 
+def test_a_disk_full_before_the_first_log_line_is_one_line_too(tmp_path, capfd):
+  """8 KB: config.json and the lock take its two pages, so step 1's metrics line is
+  the first write that fails."""
+  with _small_tmpfs(tmp_path / "disk", "8k") as disk:
+    workdir = disk / "run"
+    err = _refused(["--config", CONFIG, "--workdir", str(workdir),
+                    *_overrides(steps=4, batch_size=32, log_every=1, eval_every=4,
+                                checkpoint_every=2)], capfd, code=1)
+    assert err.startswith("error: no space left on device writing step 1's metrics to "
+                          f"{workdir / 'metrics.jsonl'}"), err
+    assert harness.complete_steps(workdir) == []
+
+
 # ----------------------------------------------------------------------------------
 # 7. Skip mode: honest numbers, strict JSON
 # ----------------------------------------------------------------------------------
