@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn.errors import DiskFullError, disk_full
+
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   """1.0 where the label is among the k largest logits, per example."""
@@ -197,7 +199,7 @@ class MetricWriter:
     rows = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
     # Written aside and renamed: a kill during the rewrite must not lose the records.
     tmp = self.path.with_name(f".{self.path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.write_text("".join(strict_json(r) + "\n" for r in rows))
     os.replace(tmp, self.path)
 
   def write_hparams(self, config: Mapping[str, Any]) -> None:
@@ -215,8 +217,16 @@ class MetricWriter:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
-    with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    line = strict_json(record) + "\n"
+    try:
+      with self.path.open("a") as f:
+        f.write(line)
+    except OSError as e:
+      if not disk_full(e):
+        raise
+      raise DiskFullError(f"no space left on device writing step {step}'s metrics to "
+                          f"{self.path}; free some space and run the same command again "
+                          "to resume from the last checkpoint.") from None
     if self._tb is not None:
       for key, value in record.items():
         if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
@@ -229,11 +239,26 @@ class MetricWriter:
 
 
 def _plain(value: Any) -> Any:
+  """A JSON-ready scalar: numpy and jax scalars as Python ones, NaN and +-inf as None
+  (strict JSON has no literal for them; None reads as "no value")."""
   if isinstance(value, (np.generic, np.ndarray, jax.Array)):
     value = np.asarray(value).item()
   if isinstance(value, float) and not math.isfinite(value):
-    return None if math.isnan(value) else value
+    return None
   return value
+
+
+def _finite_tree(obj: Any) -> Any:
+  if isinstance(obj, dict):
+    return {k: _finite_tree(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_finite_tree(v) for v in obj]
+  return _plain(obj)
+
+
+def strict_json(obj: Any, **kwargs) -> str:
+  """`json.dumps` of `obj` with non-finite numbers as null: always strict JSON."""
+  return json.dumps(_finite_tree(obj), allow_nan=False, **kwargs)
 
 
 class ProgressBar:
@@ -256,6 +281,7 @@ class ProgressBar:
       self._position = 0
     self._bar.update(step - self._position)
     self._position = step
+    fields = {k: v for k, v in fields.items() if v is not None}   # skipped windows
     if fields:
       self._bar.set_postfix({k: f"{v:.4g}" for k, v in fields.items()}, refresh=True)
 

@@ -10,6 +10,7 @@ the plateau schedule's scale, and the non-finite bookkeeping.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -40,6 +41,7 @@ from cnn import optim
 from cnn import sharding
 from cnn import tasks
 from cnn import transfer
+from cnn import workdir as workdir_lib
 from cnn.errors import ConfigError, unknown_choice
 
 Batch = tuple[jax.Array, jax.Array]
@@ -680,7 +682,7 @@ def close_members(members: list[Member], singles: list[TrainState],
       last = dict(rows[-1]) if rows else {"step": step}
     last["status"] = "halted" if m.halted_at >= 0 else status
     if last["status"] == "done":
-      write_atomic(m.workdir / "final.json", json.dumps(last, indent=2) + "\n")
+      write_atomic(m.workdir / "final.json", metrics_lib.strict_json(last, indent=2) + "\n")
     results.append(last)
   return results
 
@@ -766,6 +768,17 @@ def fit_group(configs, workdirs, *, overwrite: bool = False, fork: bool = False,
     raise ConfigError(f"fit_group needs one workdir per config, got {len(configs)} "
                       f"configs and {len(workdirs)} workdirs.")
   workdirs = [pathlib.Path(w) for w in workdirs]
+  # One run per workdir: a second one on a busy workdir is refused at once.
+  with contextlib.ExitStack() as held:
+    for w in workdirs:
+      held.enter_context(workdir_lib.lock(w))
+    return _fit_locked(configs, workdirs, overwrite=overwrite, fork=fork,
+                       stop_after=stop_after, multi_impl=multi_impl)
+
+
+def _fit_locked(configs, workdirs: list[pathlib.Path], *, overwrite: bool, fork: bool,
+                stop_after: Optional[int], multi_impl: str) -> list[dict[str, Any]]:
+  """`fit_group` once every workdir is locked."""
   runs = build_runs(configs)        # every config mistake surfaces before any write
   if len(runs) == 1:
     state, shardings = init_state(runs[0])

@@ -20,6 +20,9 @@ from cnn import config as config_lib
 from cnn.errors import unknown_choice
 
 
+PRESETS = ("", "smoke")
+
+
 def get_config(preset: str = ""):
   c = config_lib.defaults()
   c.task = "detection"

@@ -15,6 +15,9 @@ from cnn import config as config_lib
 from cnn.errors import unknown_choice
 
 
+PRESETS = ("", "fcn8s")
+
+
 def get_config(preset: str = ""):
   c = config_lib.defaults()
   c.task = "segmentation"            # per-pixel loss, FCN's metrics (cnn/tasks.py)

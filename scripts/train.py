@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     except train.NonFiniteError as e:
       print(f"error: {e}", file=sys.stderr)
       return 1
+  skipped = int(result.get("skipped_steps") or 0)
+  if skipped:   # train.nonfinite="skip": the means leave those steps out
+    print(f"{skipped} of {result.get('step')} steps were skipped for a non-finite loss or "
+          "update (train.nonfinite='skip'); a log window of skipped steps only has null "
+          "train metrics.")
   if result.get("status") == "preempted":
     print(f"stopped at step {result.get('step')} with a checkpoint; run the same "
           "command again to resume.", file=sys.stderr)

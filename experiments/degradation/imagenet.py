@@ -34,6 +34,9 @@ DEPTHS = (18, 34)
 FAMILIES = ("plain", "resnet")
 
 
+PRESETS = ("",)   # no named presets
+
+
 def get_config(preset: str = ""):
   if preset:
     raise ConfigError(f"experiments/degradation/imagenet.py has no preset {preset!r}; "
