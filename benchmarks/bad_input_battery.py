@@ -1,6 +1,6 @@
 """Bad inputs through the real CLI, one process each: how many end cleanly.
 
-    python -m scripts.bad_input_battery [--only SUBSTRING] [--jobs 2]
+    python -m benchmarks.bad_input_battery [--only SUBSTRING] [--jobs 2]
 
 Each case runs ``python -m scripts.train`` on LeNet-5/digits with one mistake (a
 config value, a broken experiment file or preset, a bad npz shard, a busy workdir)
@@ -144,7 +144,7 @@ def busy_case(workdir: pathlib.Path, env: dict[str, str]) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m scripts.bad_input_battery",
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.bad_input_battery",
                                    description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--only", default="", help="run the cases whose name holds this")
