@@ -41,7 +41,7 @@ from cnn import config as config_lib
 from cnn import train
 from cnn import workdir as workdir_lib
 from cnn.errors import ConfigError
-from scripts import resume_harness as harness
+from benchmarks import resume_harness as harness
 from scripts import train as train_cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
