@@ -31,7 +31,7 @@ def defaults() -> ml_collections.ConfigDict:
       "source": "digits",          # digits | npz:<glob>[|<glob>] | mnist | cifar10 | tfds:<name>
       "data_dir": None,
       "validation_size": 0,        # examples (int) or fraction carved out of train
-      "augment": "none",           # none | flip | cifar | imagenet
+      "augment": "none",           # none | flip | cifar | imagenet | e.g. crop+flip+rotate30
       "image_size": None,          # (H, W) to resize/crop to, or None
       "channels": None,
       "num_classes": None,         # default: the dataset's own (or max label + 1)

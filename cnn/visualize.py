@@ -1,5 +1,5 @@
 """Figures of the course's pictures from real runs: learned filters, feature maps, the
-classic fixed kernels, a model's structure, segmentation predictions.
+classic fixed kernels, a model's structure, segmentation predictions, augmentations.
 
 Every function returns a matplotlib `Figure` (no pyplot: nothing global, works
 without a display) whose size is fixed by its content, and `save` writes it as a
@@ -11,6 +11,8 @@ PNG at `DPI` without trimming, so the pixel size is known in advance:
     kernels                  one row of WIDE-inch tiles, plus TITLE
     structure                BLOCK_W wide, one BLOCK_H row per block, plus TITLE
     segmentation             3 columns (image, truth, prediction) of WIDE-inch tiles
+    augmentations            1 + one column per augmentation, one row per draw, of
+                             CELL-inch tiles, plus TITLE
 
 Filters are shown as the course's "learned filters" slide (Zeiler & Fergus): each
 one rescaled to its own minimum..maximum, grey for one input channel, colour for
@@ -239,5 +241,29 @@ def segmentation_figure(images: np.ndarray, truths: np.ndarray, predictions: np.
                 interpolation="nearest", **kw)
       if i == 0:
         ax.set_title(name, fontsize=9)
+  fig.suptitle(title, fontsize=10)
+  return fig
+
+
+def augmentations_figure(image: np.ndarray, outputs: Mapping[str, Sequence[np.ndarray]],
+                         title: str = "augmentations") -> Figure:
+  """The image (first column) and, per augmentation, one column of its random draws
+  (one row each); images are grey (H, W) or RGB (H, W, 3) on 0..1, CELL-inch tiles."""
+  draws = max(len(v) for v in outputs.values())
+  cols = 1 + len(outputs)
+  fig = Figure(figsize=(cols * CELL, draws * CELL + TITLE))
+  fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01,
+                      top=1.0 - TITLE / (draws * CELL + TITLE), wspace=0.08, hspace=0.08)
+  columns = [("image", [image])] + list(outputs.items())
+  for j, (name, tiles) in enumerate(columns):
+    for i in range(draws):
+      ax = fig.add_subplot(draws, cols, i * cols + j + 1)
+      ax.set_axis_off()
+      if i < len(tiles):
+        x = np.clip(np.asarray(tiles[i], np.float64), 0.0, 1.0)
+        ax.imshow(x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x, cmap="gray",
+                  vmin=0.0, vmax=1.0, interpolation="nearest")
+      if i == 0:
+        ax.set_title(name, fontsize=7, pad=2)
   fig.suptitle(title, fontsize=10)
   return fig

@@ -9,6 +9,8 @@
         --out docs/lenet5_structure.png          (or .md: the summary's markdown table)
     python -m scripts.visualize segmentation --workdir W --count 4 \\
         --out docs/segmentation.png
+    python -m scripts.visualize augment [--source auto|cifar10|mnist|digits] \\
+        [--augment rotate30,translate4,...] --out docs/augment/augmentations.png
 
 filters: the first convolution's filters of a run's checkpoint (the course's "learned
 filters" slide). features: the outputs of any layer (see `--layer list`) for one
@@ -16,7 +18,11 @@ image of the run's evaluation split. kernels: the course's box blur and edge
 detector (cnn.layers.FIXED_KERNELS) on a real image (a CIFAR-10 test image when
 ../shared/data/cifar10 exists, else a digit). structure: the per-layer summary of
 cnn.summary as a block diagram. segmentation: image, truth and prediction of a
-segmentation run (python -m cnn.segmentation) on its test canvases.
+segmentation run (python -m cnn.segmentation) on its test canvases. augment: deck 5's
+augmentations (cnn.data.augment), three draws each (a batch of copies, key 0) on one test
+image, through the device functions the pipeline runs; a digit is shown as dark ink
+on white paper (inverted) so that darkening (vignette, light) and the mean-colour fill
+of crops show.
 """
 from __future__ import annotations
 
@@ -176,8 +182,71 @@ def cmd_segmentation(args) -> pathlib.Path:
   return visualize.save(fig, args.out or "segmentation.png")
 
 
+# Deck 5's list, strong enough to be seen on a 32x32 image.
+FIGURE_AUGMENTATIONS = ("rotate30", "translate4", "flip", "skew20", "crop4", "noise16",
+                        "light40", "vignette80", "perspective40")
+
+
+def augment_image(source: str, index: int, data_dir: Optional[str] = None
+                  ) -> tuple[np.ndarray, str]:
+  """(uint8 image H x W x C, description) of a real test image: CIFAR-10 in colour
+  when ../shared/data/cifar10 exists (source auto), else a digit, inverted."""
+  from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
+  from cnn.data import sources  # pylint: disable=import-outside-toplevel
+  if source not in KERNEL_SOURCES:
+    raise ConfigError(f"--source must be one of {', '.join(KERNEL_SOURCES)}, got "
+                      f"{source!r}.")
+  if source == "auto":
+    root = pathlib.Path(data_dir or sources._data_root(None))  # pylint: disable=protected-access
+    source = "cifar10" if (root / "cifar10").is_dir() else "digits"
+  ds = data_lib.load(source, data_dir=data_dir)
+  if not 0 <= index < len(ds.test):
+    raise ConfigError(f"--image-index {index} is outside the {len(ds.test)} test images "
+                      f"of {source}; use 0..{len(ds.test) - 1}.")
+  image, label = ds.test.example(index)
+  image = np.asarray(image, np.uint8)
+  if source == "cifar10":
+    return image, f"CIFAR-10 test image {index} ({CIFAR10_CLASSES[int(label)]})"
+  return 255 - image, f"{source} test image {index} (digit {int(label)}, inverted)"
+
+
+def augment_examples(image: np.ndarray, names: Sequence[str], draws: int = 3
+                     ) -> dict[str, list[np.ndarray]]:
+  """{name: [image in 0..1 after draw k, k < draws]}: `cnn.data.augment.get(name)` on
+  the image normalised by its own mean colour (so crops fill with it, as training
+  fills with the dataset's), key k, out_size the image's."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from cnn.data import augment  # pylint: disable=import-outside-toplevel
+  pixels = image.astype(np.float32) / 255.0
+  mean = pixels.mean((0, 1))
+  std = np.ones_like(mean)
+  batch = np.repeat((pixels - mean)[None], draws, axis=0)
+  out = {}
+  for name in names:
+    fn = augment.get(name, mean=mean, std=std)
+    # One batch of copies, each copy its own draw: the rows of the figure.
+    result, _ = jax.jit(lambda x, f=fn: f(jax.random.key(0), x, None, image.shape[:2]))(
+        batch)
+    out[name] = [np.asarray(r) * std + mean for r in result]
+  return out
+
+
+def cmd_augment(args) -> pathlib.Path:
+  from cnn import visualize  # pylint: disable=import-outside-toplevel
+  image, what = augment_image(args.source, args.image_index, args.data_dir)
+  names = [n for n in args.augment.split(",") if n] if args.augment else \
+      list(FIGURE_AUGMENTATIONS)
+  if args.draws <= 0:
+    raise ConfigError(f"--draws must be positive, got {args.draws}.")
+  outputs = augment_examples(image, names, args.draws)
+  fig = visualize.augmentations_figure(image.astype(np.float32) / 255.0, outputs,
+                                       f"deck 5's augmentations (data.augment) on {what}")
+  return visualize.save(fig, args.out or "augmentations.png")
+
+
 COMMANDS = {"filters": cmd_filters, "features": cmd_features, "kernels": cmd_kernels,
-            "structure": cmd_structure, "segmentation": cmd_segmentation}
+            "structure": cmd_structure, "segmentation": cmd_segmentation,
+            "augment": cmd_augment}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,15 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     if name in ("filters", "features", "segmentation"):
       p.add_argument("--workdir", required=True, help="a run's workdir")
       p.add_argument("--best", action="store_true", help="the best checkpoint")
-    if name in ("features", "kernels", "segmentation"):
+    if name in ("features", "kernels", "segmentation", "augment"):
       p.add_argument("--image-index", type=int, default=0)
     if name == "features":
       p.add_argument("--layer", default="conv1",
                      help="module path such as conv1 or stage1_block0/conv1; 'list' "
                           "prints them")
-    if name == "kernels":
+    if name in ("kernels", "augment"):
       p.add_argument("--source", default="auto", help="auto, cifar10, mnist or digits")
       p.add_argument("--data-dir", default=None)
+    if name == "augment":
+      p.add_argument("--augment", default=None,
+                     help="comma-separated data.augment names (default: deck 5's list)")
+      p.add_argument("--draws", type=int, default=3, help="random draws, one per row")
     if name == "structure":
       p.add_argument("--model", default=None, help="a registered model name")
       p.add_argument("--workdir", default=None, help="or the model of a run")

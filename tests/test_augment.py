@@ -372,3 +372,15 @@ def test_streaming_batches_run_compositions_deterministically():
   assert not np.allclose(images, plain.batch_at(1)[0])
   stream.close()
   plain.close()
+
+
+def test_figure_command_draws_one_column_per_augmentation(tmp_path):
+  from PIL import Image
+  from scripts import visualize as cli
+  out = tmp_path / "aug.png"
+  assert cli.main(["augment", "--source", "digits", "--augment", "rotate30,noise8",
+                   "--draws", "2", "--out", str(out)]) == 0
+  # image + 2 columns of 1-inch tiles, 2 rows + the 0.6-inch title, at 100 dpi.
+  assert Image.open(out).size == (300, 260)
+  with pytest.raises(SystemExit):
+    cli.main(["augment", "--source", "digits", "--augment", "spin", "--out", str(out)])
