@@ -9,17 +9,26 @@ Restoring takes an abstract state whose leaves carry the target shardings, so a
 checkpoint written on 8 devices restores onto 1 and the other way round.
 
 Every save records a fingerprint of the state (one wrapping uint32 sum per array, see
-`fingerprint`) in the step's metadata, because orbax reads a flipped bit in the array
-data back without complaint. A latest checkpoint that cannot be read, or reads back
-with another fingerprint, is reported in one line, moved to ``checkpoints_unreadable/``
-(so that it neither shadows the step when it is written again nor is lost) and the
-previous one is used. A checkpoint whose arrays have other names or shapes than the
-config's model and optimizer is a `ConfigError`, not corruption.
+`fingerprint`), because orbax reads a flipped bit in the array data back without
+complaint. It is kept twice: in the step's orbax metadata (``_CHECKPOINT_METADATA``)
+and in an index beside the steps (``fingerprints.json``), written durably *before*
+the step is, so no complete step ever lacks it and deleting one file does not make a
+damaged step look sound. A latest checkpoint that cannot be read, reads back with
+another fingerprint, or has no fingerprint at all (nothing to verify it against) is
+reported in one line, moved to ``checkpoints_unreadable/`` (so that it neither shadows
+the step when it is written again nor is lost) and the previous one is used. A
+checkpoint whose arrays have other names or shapes than the config's model and
+optimizer is a `ConfigError`, not corruption.
+
+A write that fails for lack of space is a `DiskFullError` of one line that names the
+step and the newest checkpoint still intact (orbax only removes older steps after a
+newer one is complete, so those are).
 """
 from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 import pathlib
@@ -33,9 +42,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cnn.errors import ConfigError
+from cnn.errors import ConfigError, DiskFullError, disk_full
 
 UNREADABLE = "checkpoints_unreadable"
+INDEX = "fingerprints.json"
 _FINGERPRINT_KEY = "state_fingerprint"
 
 
@@ -78,6 +88,41 @@ def _muted_stderr(linger_s: float = 0.5) -> Iterator[None]:
     os.close(devnull_fd)
 
 
+class _HeldErrors(logging.Filter):
+  """Holds orbax's ERROR log records back until the write they may be about is
+  settled: a full disk makes its background threads log the same failure a dozen
+  times, with tracebacks, while the run goes on, and the one line `Checkpointer`
+  says then is enough. Records are passed on when the write succeeds or fails for
+  another reason (`release`), and dropped when the disk was full (`drop`)."""
+
+  def __init__(self):
+    super().__init__()
+    self.held: list[logging.LogRecord] = []
+    self.passing = False
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if self.passing or record.levelno < logging.ERROR:
+      return True
+    self.held.append(record)
+    return False
+
+  def release(self) -> None:
+    records, self.held = self.held, []
+    self.passing = True
+    try:
+      for record in records:
+        logging.getLogger(record.name).handle(record)
+    finally:
+      self.passing = False
+
+  def drop(self) -> None:
+    self.held = []
+
+
+_HELD = _HeldErrors()
+logging.getLogger("absl").addFilter(_HELD)
+
+
 def _manager(path: pathlib.Path, keep: int, *, best_metric: Optional[str] = None,
              best_mode: str = "min", read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
@@ -105,6 +150,10 @@ class Checkpointer:
     self.best_metric = best_metric
     self.latest = self._latest_manager()
     self.best = self._best_manager(best_metric, best_mode) if best_metric else None
+    # The step each manager is writing in the background: a failure surfaces at the
+    # next save or wait, and is reported for this step.
+    self._writing: dict[str, Optional[int]] = {"latest": None, "best": None}
+    self._abandoned = False      # True after a full disk: nothing more is written
 
   def _latest_manager(self) -> ocp.CheckpointManager:
     return _manager(self.workdir / "checkpoints", self.keep, read_only=self.read_only)
@@ -133,8 +182,13 @@ class Checkpointer:
     """Starts writing `state` as `step` (in the background); False if it exists."""
     if step in self.latest.all_steps():
       return False
-    return self.latest.save(step, args=ocp.args.StandardSave(state), force=force,
-                            custom_metadata={_FINGERPRINT_KEY: fingerprint(state)})
+    prints = fingerprint(state)
+    self._wait("latest")
+    with self._disk_full_is_one_line("latest", step):
+      _record_fingerprint(pathlib.Path(self.latest.directory), step, prints)
+      self._writing["latest"] = step
+      return self.latest.save(step, args=ocp.args.StandardSave(state), force=force,
+                              custom_metadata={_FINGERPRINT_KEY: prints})
 
   def save_best(self, step: int, state: Any, metrics: dict[str, float]) -> None:
     """Offers `state` to the best-checkpoint slot; orbax keeps it if it is the best."""
@@ -142,9 +196,54 @@ class Checkpointer:
       return
     if step in self.best.all_steps():
       return
-    self.best.save(step, args=ocp.args.StandardSave(state),
-                   metrics={self.best_metric: float(metrics[self.best_metric])}, force=True,
-                   custom_metadata={_FINGERPRINT_KEY: fingerprint(state)})
+    prints = fingerprint(state)
+    self._wait("best")
+    with self._disk_full_is_one_line("best", step):
+      _record_fingerprint(pathlib.Path(self.best.directory), step, prints)
+      self._writing["best"] = step
+      self.best.save(step, args=ocp.args.StandardSave(state),
+                     metrics={self.best_metric: float(metrics[self.best_metric])},
+                     force=True, custom_metadata={_FINGERPRINT_KEY: prints})
+
+  def _manager_of(self, which: str) -> Optional[ocp.CheckpointManager]:
+    return self.latest if which == "latest" else self.best
+
+  def _wait(self, which: str) -> None:
+    """Waits for the background write of `which` ("latest" or "best") to finish."""
+    manager = self._manager_of(which)
+    if manager is None or self._abandoned:
+      return
+    with self._disk_full_is_one_line(which, self._writing[which]):
+      # Muted: a failed write makes tensorstore's threads print a traceback each as
+      # orbax closes its event loop ("Event loop is closed").
+      with _muted_stderr():
+        manager.wait_until_finished()
+    self._writing[which] = None
+    if not any(step is not None for step in self._writing.values()):
+      _HELD.release()      # held records may concern the other manager's write
+
+  @contextlib.contextmanager
+  def _disk_full_is_one_line(self, which: str, step: Optional[int]) -> Iterator[None]:
+    """Turns a write failing for lack of space (orbax wraps it, often several times)
+    into a DiskFullError naming `step` and the newest checkpoint still intact."""
+    try:
+      yield
+    except DiskFullError:
+      raise
+    except Exception as e:  # noqa: BLE001 -- only a full disk is translated
+      if not disk_full(e):
+        _HELD.release()
+        raise
+      self._writing[which] = None
+      self._abandon()
+      # What a rerun resumes from: the latest checkpoints, whichever write failed.
+      intact = [s for s in _complete_steps(pathlib.Path(self.latest.directory))
+                if not (which == "latest" and s == step)]
+      kind = "checkpoint" if which == "latest" else "best checkpoint"
+      where = (f"checkpoints up to {max(intact)} are intact" if intact
+               else "no earlier checkpoint exists")
+      raise DiskFullError(f"no space left on device writing {kind} {step} in "
+                          f"{self.workdir}; {where}.") from None
 
   def steps(self) -> list[int]:
     return sorted(self.latest.all_steps())
@@ -197,20 +296,39 @@ class Checkpointer:
       problem = _fingerprint_problem(self.best, step, state)
     if problem is not None:
       raise ConfigError(
-          f"The best checkpoint {step} in {self.best.directory} is corrupt ({problem}); "
+          f"The best checkpoint {step} in {self.best.directory} cannot be trusted ({problem}); "
           "evaluate the latest checkpoint instead.")
     return step, state
 
+  def _abandon(self) -> None:
+    """After a full disk: lets orbax's background writes end and closes the managers
+    with stderr muted (their threads print tracebacks as they fail, some even at
+    interpreter exit unless closed), then drops the log records held meanwhile."""
+    self._abandoned = True
+    with _quiet_orbax(), _muted_stderr():
+      for manager in (self.latest, self.best):
+        if manager is None:
+          continue
+        with contextlib.suppress(Exception):
+          manager.wait_until_finished()
+        with contextlib.suppress(Exception):
+          manager.close()
+      time.sleep(0.5)        # tensorstore callbacks still finishing on their threads
+      gc.collect()
+    _HELD.drop()
+
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    if self.best is not None:
-      self.best.wait_until_finished()
+    self._wait("latest")
+    self._wait("best")
 
   def close(self) -> None:
+    if self._abandoned:
+      return
     self.wait()
     self.latest.close()
     if self.best is not None:
       self.best.close()
+    _HELD.release()
 
 
 def check_compatible(workdir: str | pathlib.Path, abstract_state: Any) -> None:
@@ -322,20 +440,64 @@ def fingerprint(state: Any) -> list[int]:
 
 def _fingerprint_problem(manager: ocp.CheckpointManager, step: int,
                          state: Any) -> Optional[str]:
-  """None if the restored `state` matches the fingerprint saved with it (or none was
-  saved), else what differs."""
+  """None if the restored `state` matches the fingerprint recorded for it (in the
+  index or the step's metadata), else what is wrong: the values differ, or there is
+  no fingerprint at all (such a step is not trusted)."""
   try:
-    saved = (manager.metadata(step).custom_metadata or {}).get(_FINGERPRINT_KEY)
-  except Exception:  # noqa: BLE001 -- unreadable step metadata: cannot check
-    saved = None
-  if saved is None:
-    return None
+    in_metadata = (manager.metadata(step).custom_metadata or {}).get(_FINGERPRINT_KEY)
+  except Exception:  # noqa: BLE001 -- unreadable step metadata: the index must do
+    in_metadata = None
+  in_index = _read_index(pathlib.Path(manager.directory)).get(step)
+  if in_metadata is None and in_index is None:
+    return "it has no fingerprint to verify its values against"
+  if None not in (in_metadata, in_index) and list(in_metadata) != list(in_index):
+    return "its two recorded fingerprints disagree"
+  saved = in_index if in_index is not None else in_metadata
   now = fingerprint(state)
   if list(saved) == now:
     return None
   names = list(_shapes(state))
   bad = [n for n, a, b in zip(names, saved, now) if a != b] or ["the array count"]
   return f"the values of {', '.join(bad[:3])} differ from those saved"
+
+
+def _read_index(directory: pathlib.Path) -> dict[int, list[int]]:
+  """step -> fingerprint of a manager directory's index ({} if absent or garbled)."""
+  try:
+    raw = json.loads((directory / INDEX).read_text())
+    return {int(k): [int(x) for x in v] for k, v in raw.items()}
+  except (OSError, ValueError, TypeError, AttributeError):
+    return {}
+
+
+def _record_fingerprint(directory: pathlib.Path, step: int, prints: list[int]) -> None:
+  """Adds `step` to the index, durably (fsync, atomic rename) and before the step is
+  written, so a kill at any moment leaves no complete step without its fingerprint.
+  Entries of steps no longer on disk are dropped."""
+  directory.mkdir(parents=True, exist_ok=True)
+  on_disk = set(_complete_steps(directory))
+  index = {s: v for s, v in _read_index(directory).items() if s in on_disk}
+  index[step] = prints
+  tmp = directory / f".{INDEX}.tmp"
+  with open(tmp, "w") as f:
+    f.write(json.dumps({str(s): index[s] for s in sorted(index)}) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, directory / INDEX)
+  dir_fd = os.open(directory, os.O_RDONLY)
+  try:
+    os.fsync(dir_fd)           # the rename itself survives a power cut
+  finally:
+    os.close(dir_fd)
+
+
+def _complete_steps(directory: pathlib.Path) -> list[int]:
+  """Steps orbax has finalised in `directory` (renamed into place: all-digit names)."""
+  try:
+    return sorted(int(p.name) for p in directory.iterdir()
+                  if p.name.isdigit() and p.is_dir())
+  except OSError:
+    return []
 
 
 def _free_path(path: pathlib.Path) -> pathlib.Path:

@@ -3,18 +3,47 @@
 Every mistake a user can make (a bad config value, an unknown model, an impossible
 stride) raises `ConfigError` with one sentence that says what is wrong and what to do.
 Entry points call `exit_on_user_error` so such a mistake ends with that sentence and
-exit status 2, never a traceback.
+exit status 2, never a traceback. It also turns the two failures a user must hear
+about in one line but did not cause by a typo into one: a full disk (`DiskFullError`,
+exit 1) and a SIGTERM outside the training loop, whose own handler checkpoints (exit
+143, the shell's code for it, with a message instead of a silent death).
 """
 from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
+import signal
 import sys
-from typing import Iterable, Iterator
+import threading
+from typing import Iterable, Iterator, Optional
 
 
 class ConfigError(ValueError):
   """A mistake in what the user asked for; the message is one sentence."""
+
+
+class DiskFullError(RuntimeError):
+  """A write failed for lack of space; the message is one sentence."""
+
+
+class Terminated(BaseException):
+  """SIGTERM arrived outside the training loop (a BaseException, like
+  KeyboardInterrupt, so that no `except Exception` swallows it)."""
+
+
+def disk_full(error: Optional[BaseException]) -> bool:
+  """Whether `error` or one of its causes is a full disk (ENOSPC; tensorstore and
+  orbax pass it on as text)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> ConfigError:
@@ -28,9 +57,42 @@ def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> ConfigEr
 
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
-  """Turns a ConfigError (or a FileNotFoundError) into one line on stderr and exit 2."""
+  """Turns a ConfigError (or a FileNotFoundError) into one line on stderr and exit 2, a
+  full disk into one line and exit 1, and a SIGTERM into one line and exit 143."""
+  previous = _catch_sigterm()
   try:
     yield
   except (ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except DiskFullError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except OSError as e:
+    if not disk_full(e):
+      raise
+    print(f"error: no space left on device writing {e.filename or 'a file'}; free some "
+          "space and run the same command again to resume.", file=sys.stderr)
+    sys.exit(1)
+  except Terminated:
+    print("error: terminated by SIGTERM outside the training loop (while starting or "
+          "finishing); the workdir's checkpoints are intact, run the same command again "
+          "to resume.", file=sys.stderr)
+    sys.exit(128 + signal.SIGTERM)
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum, frame):
+  del signum, frame
+  raise Terminated()
+
+
+def _catch_sigterm():
+  """Makes SIGTERM raise `Terminated` (the training loop installs its own handler,
+  which checkpoints, and restores this one after); returns the previous handler, or
+  None where signals cannot be handled (not the main thread)."""
+  if threading.current_thread() is not threading.main_thread():
+    return None
+  return signal.signal(signal.SIGTERM, _raise_terminated)

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn.errors import DiskFullError, disk_full
+
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   """1.0 where the label is among the k largest logits, per example."""
@@ -104,6 +106,45 @@ def pixel_topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Arra
   return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
 
 
+# Image-level heads of deck 5: multi-label (a sigmoid per class) and regression.
+
+def sigmoid_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-class binary cross-entropy of logits against 0/1 labels (numerically stable:
+  max(z, 0) - z y + log(1 + exp(-|z|)))."""
+  z, y = logits.astype(jnp.float32), labels.astype(jnp.float32)
+  return jnp.maximum(z, 0.0) - z * y + jnp.log1p(jnp.exp(-jnp.abs(z)))
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+  """Average precision of one class: the mean, over its positive examples, of the
+  precision among the examples scored at least as high (ties count together, as in
+  scikit-learn's average_precision_score). NaN without positives."""
+  scores, labels = np.asarray(scores, np.float64), np.asarray(labels) > 0
+  positives = int(labels.sum())
+  if positives == 0:
+    return float("nan")
+  order = np.argsort(-scores, kind="stable")
+  scores, labels = scores[order], labels[order]
+  # The last index of each run of equal scores: a threshold admits the whole run.
+  ends = np.r_[np.flatnonzero(np.diff(scores) != 0), len(scores) - 1]
+  hits = np.cumsum(labels)[ends]
+  precision = hits / (ends + 1)
+  recall_gain = np.diff(np.r_[0, hits]) / positives
+  return float(np.sum(precision * recall_gain))
+
+
+def multilabel_scores(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+  """Per-class AP, their mean over the classes that occur (mAP), exact-match error and
+  Hamming error (threshold 0.5) of sigmoid scores (N, K) against 0/1 labels (N, K)."""
+  ap = [average_precision(scores[:, k], labels[:, k]) for k in range(labels.shape[1])]
+  predicted = scores >= 0.5
+  truth = labels > 0
+  return {"map": float(np.nanmean(ap)) if not np.all(np.isnan(ap)) else float("nan"),
+          "ap": [None if np.isnan(v) else float(v) for v in ap],
+          "exact_match_error": float(np.mean(np.any(predicted != truth, axis=1))),
+          "hamming_error": float(np.mean(predicted != truth))}
+
+
 def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
   """All records of a metrics.jsonl (a torn last line from a kill is skipped)."""
   rows = []
@@ -116,6 +157,26 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
     except json.JSONDecodeError:
       continue
   return rows
+
+
+def tensorboard_tag(key: str) -> str:
+  """TensorBoard groups scalars by the part before "/": ``train_loss`` is logged as
+  ``train/loss``, ``eval_top1_error`` as ``eval/top1_error`` (metrics.jsonl keeps the
+  flat names)."""
+  for prefix in ("train_", "eval_", "test_"):
+    if key.startswith(prefix):
+      return f"{prefix[:-1]}/{key[len(prefix):]}"
+  return key
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
 
 
 class MetricWriter:
@@ -138,19 +199,38 @@ class MetricWriter:
     rows = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
     # Written aside and renamed: a kill during the rewrite must not lose the records.
     tmp = self.path.with_name(f".{self.path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.write_text("".join(strict_json(r) + "\n" for r in rows))
     os.replace(tmp, self.path)
+
+  def write_hparams(self, config: Mapping[str, Any]) -> None:
+    """The run's config in TensorBoard's HParams tab (flattened, dotted keys), in the
+    same event files as the scalars so the two stay one run."""
+    if self._tb is None:
+      return
+    from tensorboardX.summary import hparams  # pylint: disable=import-outside-toplevel
+    flat = {k: (v if isinstance(v, (bool, int, float, str)) else str(v))
+            for k, v in _flatten(config).items()}
+    for summary in hparams(flat, {"eval/top1_error": 0.0}):
+      self._tb.file_writer.add_summary(summary)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
-    with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    line = strict_json(record) + "\n"
+    try:
+      with self.path.open("a") as f:
+        f.write(line)
+    except OSError as e:
+      if not disk_full(e):
+        raise
+      raise DiskFullError(f"no space left on device writing step {step}'s metrics to "
+                          f"{self.path}; free some space and run the same command again "
+                          "to resume from the last checkpoint.") from None
     if self._tb is not None:
       for key, value in record.items():
         if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-          self._tb.add_scalar(key, value, step)
+          self._tb.add_scalar(tensorboard_tag(key), value, step)
 
   def close(self) -> None:
     if self._tb is not None:
@@ -159,40 +239,52 @@ class MetricWriter:
 
 
 def _plain(value: Any) -> Any:
+  """A JSON-ready scalar: numpy and jax scalars as Python ones, NaN and +-inf as None
+  (strict JSON has no literal for them; None reads as "no value")."""
   if isinstance(value, (np.generic, np.ndarray, jax.Array)):
     value = np.asarray(value).item()
   if isinstance(value, float) and not math.isfinite(value):
-    return None if math.isnan(value) else value
+    return None
   return value
 
 
+def _finite_tree(obj: Any) -> Any:
+  if isinstance(obj, dict):
+    return {k: _finite_tree(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_finite_tree(v) for v in obj]
+  return _plain(obj)
+
+
+def strict_json(obj: Any, **kwargs) -> str:
+  """`json.dumps` of `obj` with non-finite numbers as null: always strict JSON."""
+  return json.dumps(_finite_tree(obj), allow_nan=False, **kwargs)
+
+
 class ProgressBar:
-  """One self-overwriting line: step, loss, img/s and ETA (silent when quiet)."""
+  """tqdm's bar over the run's steps: step, loss, img/s and ETA (silent when quiet or
+  on processes other than 0). `update` is given the absolute step, so a resumed run's
+  bar starts where it stopped."""
 
   def __init__(self, total_steps: int, quiet: bool = False, stream=sys.stderr):
-    self.total = total_steps
+    import tqdm  # pylint: disable=import-outside-toplevel
     self.quiet = quiet or jax.process_index() != 0
-    self.stream = stream
-    self.start = time.time()
-    self.start_step: int | None = None
+    self._bar = None if self.quiet else tqdm.tqdm(
+        total=total_steps, file=stream, unit="step", dynamic_ncols=True)
+    self._position: int | None = None
 
   def update(self, step: int, **fields: float) -> None:
-    if self.quiet:
+    if self._bar is None:
       return
-    if self.start_step is None:
-      self.start_step, self.start = step, time.time()
-    done = step - self.start_step
-    elapsed = time.time() - self.start
-    eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
-    width = 24
-    filled = int(width * step / max(self.total, 1))
-    parts = " ".join(f"{k} {v:.4g}" for k, v in fields.items())
-    eta_txt = "?" if math.isnan(eta) else f"{int(eta // 60)}:{int(eta % 60):02d}"
-    self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
-                      f"{step}/{self.total} {parts} eta {eta_txt}   ")
-    self.stream.flush()
+    if self._position is None:       # resumed: the bar starts at the restored step
+      self._bar.reset(total=self._bar.total)
+      self._position = 0
+    self._bar.update(step - self._position)
+    self._position = step
+    fields = {k: v for k, v in fields.items() if v is not None}   # skipped windows
+    if fields:
+      self._bar.set_postfix({k: f"{v:.4g}" for k, v in fields.items()}, refresh=True)
 
   def close(self) -> None:
-    if not self.quiet:
-      self.stream.write("\n")
-      self.stream.flush()
+    if self._bar is not None:
+      self._bar.close()

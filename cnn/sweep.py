@@ -21,8 +21,8 @@ builds the Cartesian grid of some axes, `zip_axes` pairs axes element by element
 A run's config is ``config.load(spec, ["key=value", ...])``, i.e. exactly what
 ``python -m scripts.train --config spec --config.key=value ...`` trains, so any run of
 a sweep can be reproduced or continued by hand. `plan` expands a sweep into `SweepRun`s
-with their workdirs under a root and their state there (see `run_status`); scripts/sweep.py
-runs them.
+with their workdirs under a root and their state there (see `run_status`), and `run`
+trains the ones not done with an executor (`EXECUTORS`); scripts/sweep.py is its CLI.
 """
 from __future__ import annotations
 
@@ -33,14 +33,20 @@ import itertools
 import json
 import pathlib
 import re
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import ml_collections
 
 from cnn import config as config_lib
-from cnn.errors import ConfigError
+from cnn.errors import ConfigError, unknown_choice
 
+# Where the runs train: this process, a fresh process each, or submitit.
+EXECUTORS = ("local", "subprocess", "submitit_local", "slurm")
 # What `run_status` reports for a workdir.
 DONE, PARTIAL, NEW = "done", "partial", "new"
 # Run names become directory names: keep them portable.
@@ -260,13 +266,20 @@ def write_plan(root: str | pathlib.Path, spec: str, runs: Sequence[SweepRun],
     try:
       old = json.loads(path.read_text())
       listed = {r["name"] for r in index["runs"]}
-      if old.get("spec") == spec:
+      if _resolved(old.get("spec", "")) == _resolved(spec):
         index["runs"] = [r for r in old.get("runs", []) if r["name"] not in listed] + \
             index["runs"]
     except (ValueError, KeyError, TypeError):
       pass
   path.write_text(json.dumps(index, indent=2) + "\n")
   return path
+
+
+def _resolved(spec: str) -> str:
+  """A spec with its file's absolute path: the subprocess executor's child sweeps get
+  the absolute spec, and must merge with the parent's sweep.json, not replace it."""
+  path, sep, preset = spec.partition(":")
+  return str(pathlib.Path(path).resolve()) + sep + preset
 
 
 def seed_groups(runs: Sequence[SweepRun]) -> list[list[SweepRun]]:
@@ -328,11 +341,10 @@ def write_test_eval(workdir: str | pathlib.Path) -> Optional[dict[str, Any]]:
   import jax
   from cnn import evaluation, train
   run, state, step = evaluation.restore_state(workdir)
-  ds = run.dataset
-  bs = run.config.train.get("eval_batch_size") or run.config.train.batch_size
-  result = train.evaluate(jax.jit(train.make_eval_step(run.model)), state, ds.test,
-                          batch_size=bs, mean=ds.mean, std=ds.std, mesh=run.mesh,
-                          out_size=run.out_size)
+  ds, tc, task = run.dataset, run.config.train, run.step_cfg.task
+  result = train.evaluate(jax.jit(train.make_eval_step(run.model, task)), state, ds.test,
+                          batch_size=tc.eval_batch_size or tc.batch_size, mean=ds.mean,
+                          std=ds.std, mesh=run.mesh, out_size=run.out_size, task=task)
   result = {"step": int(step), "split": "test", **result}
   train.write_atomic(path, json.dumps(result, indent=2) + "\n")
   return result
@@ -361,7 +373,8 @@ def train_unit(spec: str, base_overrides: Sequence[str],
   together = vmap_seeds and len(configs) > 1
   if together:
     try:
-      for name, out in zip(names, multi.fit_multi(configs, workdirs, impl=multi_impl)):
+      for name, out in zip(names, train.fit_group(configs, workdirs,
+                                                        multi_impl=multi_impl)):
         results[name] = {"name": name, **out}
     except multi.UnalignedResume as e:
       print(f"warning: {e}", flush=True)
@@ -382,8 +395,9 @@ def train_unit(spec: str, base_overrides: Sequence[str],
   for name, workdir in zip(names, workdirs):
     if results.get(name, {}).get("status") == "done":
       test = write_test_eval(workdir)
-      if test is not None:
-        results[name]["test_top1_error"] = test["top1_error"]
+      if test is not None:   # the task's scalar scores, as test_<name>
+        results[name].update({f"test_{k}": v for k, v in test.items()
+                              if isinstance(v, float)})
   return [results[name] for name, _, _ in items if name in results]
 
 
@@ -399,3 +413,177 @@ class SweepJob:
   def checkpoint(self, *args, **kwargs):
     import submitit
     return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------
+# Executors: where the units train
+# ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class SlurmOptions:
+  """The submitit executors' resources (``slurm`` and ``submitit_local``)."""
+  timeout_min: int = 24 * 60
+  partition: Optional[str] = None
+  gpus_per_node: int = 1
+  cpus_per_task: int = 8
+  mem_gb: int = 32
+  array_parallelism: int = 64
+  wait: bool = False          # wait for submitit_local's jobs (slurm never waits)
+
+
+def _items(unit: Sequence[SweepRun]) -> list[tuple[str, dict[str, Any], str]]:
+  return [(r.name, r.overrides, str(r.workdir.resolve())) for r in unit]
+
+
+def run_local(spec: str, overrides: Sequence[str], unit_list: Sequence[Sequence[SweepRun]],
+              *, vmap_seeds: bool = False, multi_impl: str = "auto") -> list[dict]:
+  """Every unit in this process, one after another; a pre-emption stops the sweep."""
+  results = []
+  for unit in unit_list:
+    out = train_unit(spec, overrides, _items(unit), vmap_seeds=vmap_seeds,
+                     multi_impl=multi_impl)
+    results.extend(out)
+    if any(r.get("status") == "preempted" for r in out):
+      print("pre-empted: stopping the sweep; run the same command to continue.",
+            flush=True)
+      break
+  return results
+
+
+def run_subprocesses(spec: str, root: pathlib.Path, overrides: Sequence[str],
+                     unit_list: Sequence[Sequence[SweepRun]], *, vmap_seeds: bool = False,
+                     multi_impl: str = "auto") -> list[dict]:
+  """Each unit as ``python -m scripts.sweep ... --only <its runs> --executor local``
+  (from the repository root, where scripts/ lives): a fresh process per run or seed
+  group, so one run's memory or crash cannot touch the next; SIGTERM is passed on."""
+  results, current = [], {}
+
+  def forward(signum, frame):
+    del frame
+    if current.get("proc") is not None:
+      current["proc"].send_signal(signum)
+    current["stop"] = True
+
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  previous = signal.signal(signal.SIGTERM, forward)
+  try:
+    for unit in unit_list:
+      names = ",".join(r.name for r in unit)
+      cmd = [sys.executable, "-m", "scripts.sweep", "--config", spec, "--root",
+             str(pathlib.Path(root).resolve()), "--executor", "local", "--only", names,
+             *[f"--config.{o}" for o in overrides]]
+      if vmap_seeds:
+        cmd += ["--vmap_seeds", "--multi_impl", multi_impl]
+      print(f"=== {names}: {' '.join(cmd[1:])}", flush=True)
+      start = time.time()
+      current["proc"] = subprocess.Popen(cmd, cwd=repo)
+      rc = current["proc"].wait()
+      current["proc"] = None
+      for r in unit:
+        results.append({"name": r.name, "status": r.status if rc == 0 else f"exit {rc}",
+                        "wall_s": time.time() - start})
+      if current.get("stop"):
+        break
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  return results
+
+
+def run_submitit(spec: str, root: pathlib.Path, overrides: Sequence[str],
+                 unit_list: Sequence[Sequence[SweepRun]], *, executor: str,
+                 options: SlurmOptions, vmap_seeds: bool = False,
+                 multi_impl: str = "auto") -> list[dict]:
+  """One submitit job per unit (`SweepJob`, requeued on timeout or pre-emption).
+  Returns the results when it waits (submitit_local with `options.wait`), else []."""
+  import submitit  # pylint: disable=import-outside-toplevel
+  folder = pathlib.Path(root) / "submitit"
+  if executor == "submitit_local":
+    ex = submitit.LocalExecutor(folder=str(folder))
+    ex.update_parameters(timeout_min=options.timeout_min)
+  else:
+    ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    params = dict(timeout_min=options.timeout_min, gpus_per_node=options.gpus_per_node,
+                  cpus_per_task=options.cpus_per_task, mem_gb=options.mem_gb,
+                  slurm_array_parallelism=options.array_parallelism,
+                  name=pathlib.Path(spec.partition(":")[0]).stem)
+    if options.partition:
+      params["slurm_partition"] = options.partition
+    ex.update_parameters(**params)
+  job = SweepJob()
+  with ex.batch():
+    jobs = [ex.submit(job, spec, list(overrides), _items(unit), vmap_seeds, multi_impl)
+            for unit in unit_list]
+  for unit, j in zip(unit_list, jobs):
+    print(f"submitted {','.join(r.name for r in unit)}: job {j.job_id}", flush=True)
+  if not (executor == "submitit_local" and options.wait):
+    print(f"{len(jobs)} jobs submitted; logs in {folder}. Run the same command again "
+          "to see what is done and resubmit the rest.")
+    return []
+  results = []
+  for unit, j in zip(unit_list, jobs):
+    try:
+      results.extend(j.result())
+    except Exception as e:  # noqa: BLE001 -- one failed job must not hide the others
+      first = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+      results.extend({"name": r.name, "status": f"failed: {first}"} for r in unit)
+  return results
+
+
+def summarize(results: Sequence[dict], wall: float) -> str:
+  """One line per run (status, eval and test top-1 error), then the wall time."""
+  lines = []
+  for r in results:
+    err = r.get("eval_top1_error")
+    extra = f"  eval top-1 error {100 * err:.2f}%" if isinstance(err, float) else ""
+    if isinstance(r.get("test_top1_error"), float):
+      extra += f"  test top-1 error {100 * r['test_top1_error']:.2f}%"
+    lines.append(f"{r['name']}: {r.get('status')}{extra}")
+  lines.append(f"sweep wall time {wall / 60:.1f} min")
+  return "\n".join(lines)
+
+
+def run(spec: str, root: str | pathlib.Path, *, overrides: Sequence[str] = (),
+        only: Optional[str] = None, executor: str = "local", vmap_seeds: bool = False,
+        multi_impl: str = "auto", options: Optional[SlurmOptions] = None,
+        dry_run: bool = False) -> list[dict]:
+  """Plans the sweep `spec` under `root` and trains what is not done with `executor`.
+
+  `dry_run` prints the plan and trains nothing. Otherwise writes sweep.json, prints
+  progress and the summary, and (when there are results) ``<root>/last_sweep.json``.
+  Returns one result per run trained or skipped.
+  """
+  if executor not in EXECUTORS:
+    raise unknown_choice("executor", executor, EXECUTORS)
+  typed = spec                    # as the user wrote it, for sweep.json's commands
+  spec = _resolved(spec)          # for subprocesses and jobs, which run elsewhere
+  root = pathlib.Path(root)
+  overrides = list(overrides)
+  runs = plan(spec, root, overrides=overrides, only=only)
+  if dry_run:
+    print(f"sweep {typed} under {root}:")
+    print(format_plan(runs))
+    return []
+  if executor == "slurm" and shutil.which("srun") is None:   # before writing anything
+    raise ConfigError("--executor slurm needs a SLURM cluster (no srun on the PATH); use "
+                      "--executor local, subprocess or submitit_local on this machine.")
+  write_plan(root, typed, runs, overrides)
+  unit_list = units(runs, vmap_seeds=vmap_seeds)
+  skipped = len(runs) - sum(len(u) for u in unit_list)
+  print(f"{len(runs)} runs, {skipped} already done, {len(unit_list)} to train "
+        f"({executor} executor).", flush=True)
+  start = time.time()
+  kw = dict(vmap_seeds=vmap_seeds, multi_impl=multi_impl)
+  if executor == "local":
+    results = run_local(spec, overrides, unit_list, **kw)
+  elif executor == "subprocess":
+    results = run_subprocesses(spec, root, overrides, unit_list, **kw)
+  else:
+    results = run_submitit(spec, root, overrides, unit_list, executor=executor,
+                           options=options or SlurmOptions(), **kw)
+  wall = time.time() - start
+  if results:
+    print(summarize(results, wall))
+    (root / "last_sweep.json").write_text(json.dumps(
+        {"wall_s": wall, "executor": executor, "results": results}, indent=2,
+        default=str) + "\n")
+  return results

@@ -8,13 +8,17 @@ metric is "best" by default, and the one line the CLI prints. Selected by
     classification   labels (N,) int; softmax cross-entropy; top-1/top-5 error
     segmentation     labels (N, H, W) int masks (-1: ignored); pixel cross-entropy;
                      FCN's pixel accuracy, mean accuracy, mean IoU, fw IoU
-    detection        labels (N, B, 5) float (x1, y1, x2, y2, class; class -1 pads);
+    multilabel       labels (N, K) 0/1; a sigmoid per class, binary cross-entropy;
+                     per-class average precision and mAP
+    regression       labels (N,) numbers; one linear output, MSE; MSE, MAE
+    detection        labels (N, B, 5) int32 (x1, y1, x2, y2, class; rows of -1 pad);
                      Faster R-CNN's losses; mAP@0.5 and mAP@[.5:.95] (cnn/detection/)
 
 Adding a task is one class with the members of `Task` plus one `register` line.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Sequence
 
 import jax
@@ -22,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn import metrics as metrics_lib
-from cnn.errors import unknown_choice
+from cnn.errors import ConfigError, unknown_choice
 
 
 def main_output(output):
@@ -57,10 +61,9 @@ class Task:
     """The Dataset ``config.data`` names, with this task's labels."""
     from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
     d = config.data
-    return data_lib.load(d.source, data_dir=d.get("data_dir"),
-                         validation_size=d.get("validation_size", 0), seed=config.seed,
-                         image_size=d.get("image_size"), channels=d.get("channels"),
-                         num_classes=d.get("num_classes"), task=self.name)
+    return data_lib.load(d.source, data_dir=d.data_dir, validation_size=d.validation_size,
+                         seed=config.seed, image_size=d.image_size, channels=d.channels,
+                         num_classes=d.num_classes, task=self.name)
 
   def train_metric_names(self) -> tuple[str, ...]:
     return ("loss", "top1_error", "top5_error")
@@ -125,12 +128,16 @@ class SegmentationTask(Task):
     from cnn.data import canvas  # pylint: disable=import-outside-toplevel
     d = config.data
     if d.source not in canvas.CANVAS_SOURCES:
+      if not d.source.startswith("tfds:"):
+        raise ConfigError(f"data.source={d.source!r} has no masks for the segmentation "
+                          f"task; use {', '.join(canvas.CANVAS_SOURCES)} or "
+                          "tfds:oxford_iiit_pet.")
       return super().load_data(config)
     c = d.canvas
     return canvas.load_canvas(d.source, size=c.size, min_digits=c.min_digits,
                               max_digits=c.max_digits, train_size=c.train_size,
-                              test_size=c.test_size, seed=config.seed,
-                              data_dir=d.get("data_dir"))
+                              test_size=c.test_size, seed=c.seed,
+                              data_dir=d.data_dir)
 
   def loss(self, output, labels, *, label_smoothing: float = 0.0):
     del label_smoothing
@@ -166,21 +173,121 @@ class SegmentationTask(Task):
             f"{100 * record['eval_mean_accuracy']:.2f}%")
 
 
-def _detection() -> Task:
-  from cnn.detection.task import DetectionTask  # pylint: disable=import-outside-toplevel
-  return DetectionTask()
+class _CanvasTargetTask(Task):
+  """Image-level labels of the digit canvases (``data.canvas``): the other heads."""
+  target = ""
+
+  def load_data(self, config):
+    from cnn.data import canvas  # pylint: disable=import-outside-toplevel
+    d = config.data
+    if d.source not in canvas.CANVAS_SOURCES:
+      raise ConfigError(f"task={self.name!r} reads the digit canvases' {self.target} "
+                        f"labels; set data.source to one of "
+                        f"{', '.join(canvas.CANVAS_SOURCES)} (got {d.source!r}).")
+    c = d.canvas
+    return canvas.load_canvas(d.source, size=c.size, min_digits=c.min_digits,
+                              max_digits=c.max_digits, train_size=c.train_size,
+                              test_size=c.test_size, seed=c.seed, data_dir=d.data_dir,
+                              target=self.target)
 
 
-# name -> factory; a factory (not an instance) so optional tasks import lazily.
+class MultiLabelTask(_CanvasTargetTask):
+  """Several labels per image (deck 5): a sigmoid per class, binary cross-entropy;
+  scored by per-class average precision and their mean (mAP). Labels (N, K) 0/1."""
+
+  name = "multilabel"
+  target = "multilabel"
+  best_metric = "eval_map"
+  best_mode = "max"
+  sum_on_device = False      # AP ranks all examples: the scores come to the host
+
+  def train_metric_names(self):
+    return ("loss", "hamming_error")
+
+  def loss(self, output, labels, *, label_smoothing: float = 0.0):
+    del label_smoothing
+    logits = main_output(output)
+    loss = jnp.mean(metrics_lib.sigmoid_cross_entropy(logits, labels))
+    wrong = (logits >= 0) != (labels > 0)
+    return loss, {"loss": loss, "hamming_error": jnp.mean(wrong.astype(jnp.float32))}
+
+  def eval_batch(self, model, variables, images, labels, mask):
+    logits = self.predict(model, variables, images)
+    return {"scores": jax.nn.sigmoid(logits), "labels": labels, "mask": mask,
+            "loss": jnp.mean(metrics_lib.sigmoid_cross_entropy(logits, labels), axis=-1)}
+
+  def eval_scores(self, batches):
+    keep = np.concatenate([b["mask"] for b in batches]) > 0
+    take = lambda k: np.concatenate([b[k] for b in batches])[keep]  # noqa: E731
+    result = metrics_lib.multilabel_scores(take("scores"), take("labels"))
+    result.update(loss=float(np.mean(take("loss"))), examples=int(keep.sum()))
+    return result
+
+  def summary(self, record):
+    if "eval_map" not in record:
+      return super().summary(record)
+    return (f"step {record['step']}: mAP {100 * record['eval_map']:.2f}%, exact-match "
+            f"error {100 * record['eval_exact_match_error']:.2f}%, Hamming error "
+            f"{100 * record['eval_hamming_error']:.2f}%")
+
+
+class RegressionTask(_CanvasTargetTask):
+  """A number per image (deck 5): one linear output, mean squared error; scored by MSE,
+  MAE and how often the rounded prediction is exact. Labels (N,) (digit counts)."""
+
+  name = "regression"
+  target = "count"
+  best_metric = "eval_mae"
+  best_mode = "min"
+
+  def train_metric_names(self):
+    return ("loss", "mae")
+
+  def _prediction(self, output):
+    return main_output(output)[..., 0].astype(jnp.float32)
+
+  def loss(self, output, labels, *, label_smoothing: float = 0.0):
+    del label_smoothing
+    error = self._prediction(output) - labels.astype(jnp.float32)
+    loss = jnp.mean(error ** 2)
+    return loss, {"loss": loss, "mae": jnp.mean(jnp.abs(error))}
+
+  def eval_batch(self, model, variables, images, labels, mask):
+    prediction = self._prediction(self.predict(model, variables, images))
+    error = prediction - labels.astype(jnp.float32)
+    exact = (jnp.round(prediction) == labels).astype(jnp.float32)
+    return {"se": jnp.sum(error ** 2 * mask), "ae": jnp.sum(jnp.abs(error) * mask),
+            "exact": jnp.sum(exact * mask), "count": jnp.sum(mask)}
+
+  def eval_scores(self, batches):
+    t = sum_batches(batches)
+    n = max(float(t["count"]), 1.0)
+    mse = float(t["se"]) / n
+    return {"loss": mse, "mse": mse, "mae": float(t["ae"]) / n,
+            "rounded_error": 1.0 - float(t["exact"]) / n, "examples": int(t["count"])}
+
+  def summary(self, record):
+    if "eval_mae" not in record:
+      return super().summary(record)
+    return (f"step {record['step']}: MAE {record['eval_mae']:.4f}, MSE "
+            f"{record['eval_mse']:.4f}, rounded prediction exact on "
+            f"{100 * (1 - record['eval_rounded_error']):.2f}%")
+
+
+# name -> factory of the tasks defined here; tasks that live in their own package
+# register themselves when imported, and `get` imports them by module name on first use
+# (a plug-in by name: cnn.tasks does not import what subclasses it).
 _REGISTRY: dict[str, Callable[[], Task]] = {
     "classification": Task,
     "segmentation": SegmentationTask,
-    "detection": _detection,
+    "multilabel": MultiLabelTask,
+    "regression": RegressionTask,
 }
+_PLUGINS = {"detection": "cnn.detection.task"}
 
 
 def names() -> list[str]:
-  return sorted(_REGISTRY)
+  return sorted({*_REGISTRY, *_PLUGINS})
 
 
 def register(name: str, factory: Callable[[], Task]) -> None:
@@ -189,6 +296,8 @@ def register(name: str, factory: Callable[[], Task]) -> None:
 
 def get(name: str) -> Task:
   """The task called `name`; an unknown name is one sentence with the choices."""
+  if name not in _REGISTRY and name in _PLUGINS:
+    importlib.import_module(_PLUGINS[name])   # registers it
   if name not in _REGISTRY:
     raise unknown_choice("task", name, names())
   return _REGISTRY[name]()

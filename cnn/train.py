@@ -10,13 +10,13 @@ the plateau schedule's scale, and the non-finite bookkeeping.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
 import json
 import os
 import pathlib
-import re
 import signal
 import sys
 import time
@@ -36,10 +36,12 @@ from cnn import config as config_lib
 from cnn import data as data_lib
 from cnn import metrics as metrics_lib
 from cnn import models
+from cnn import multi
 from cnn import optim
 from cnn import sharding
 from cnn import tasks
 from cnn import transfer
+from cnn import workdir as workdir_lib
 from cnn.errors import ConfigError, unknown_choice
 
 Batch = tuple[jax.Array, jax.Array]
@@ -66,19 +68,13 @@ def param_groups(params: Any) -> list[str]:
   return sorted(params.keys())
 
 
-def stage_of(group: str) -> str:
-  """The stage a top-level module belongs to: 'stage2_block3' -> 'stage2' (ResNets),
-  'stage3_layer7' -> 'stage3' (DenseNet); other names are their own group."""
-  return re.split(r"_(?:block|layer|transition)", group, maxsplit=1)[0]
-
-
 def metric_names(params: Any, log_grad_norms: bool,
                  task: str = "classification") -> list[str]:
   """The train metrics a step accumulates: the task's, the gradient norm, and
   per-stage gradient norms on request."""
   names = [*tasks.get(task).train_metric_names(), "grad_norm"]
   if log_grad_norms:
-    names += sorted({f"grad_norm/{stage_of(g)}" for g in param_groups(params)})
+    names += sorted({f"grad_norm/{models.stage_of(g)}" for g in param_groups(params)})
   return names
 
 
@@ -163,7 +159,7 @@ def apply_update(state: TrainState, grads, new_stats, metrics, *, tx, schedule,
   if cfg.log_grad_norms:
     by_stage: dict[str, list] = {}
     for g in groups:
-      by_stage.setdefault(stage_of(g), []).append(grads[g])
+      by_stage.setdefault(models.stage_of(g), []).append(grads[g])
     for stage, trees in by_stage.items():
       metrics[f"grad_norm/{stage}"] = optax.tree.norm(trees)
   # The window of logged means lives in the state, so a resumed run logs exactly what
@@ -284,7 +280,7 @@ def build_model(config, num_classes: int) -> nn.Module:
   """The model named in ``config.model`` with its extra keys as arguments."""
   kwargs = {k: v for k, v in config.model.items() if k != "name"}
   kwargs = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in kwargs.items()}
-  if config.train.get("precision", "float32") == "bfloat16":
+  if config.train.precision == "bfloat16":
     kwargs["dtype"] = jnp.bfloat16
   return models.create(config.model.name, num_classes=num_classes, **kwargs)
 
@@ -303,8 +299,8 @@ def _check_input_pipeline(config, dataset, mesh, out_size) -> None:
   """Input mistakes that would otherwise surface only when the steps are compiled (an
   unknown augmentation, a crop larger than the images, a batch larger than the data,
   an eval batch the devices cannot split) raise here, before `fit` writes anything."""
-  tc, augment = config.train, config.data.get("augment", "none")
-  sharding.check_batch_size(tc.get("eval_batch_size") or tc.batch_size, mesh,
+  tc, augment = config.train, config.data.augment
+  sharding.check_batch_size(tc.eval_batch_size or tc.batch_size, mesh,
                             "train.eval_batch_size")
   data_lib.steps_per_epoch(len(dataset.train), tc.batch_size)
   if dataset.train.streamed:
@@ -321,9 +317,11 @@ def _check_input_pipeline(config, dataset, mesh, out_size) -> None:
 
 
 def build_run(config) -> Run:
-  """Validates the config and builds data, model, optimizer; writes nothing."""
+  """Validates the config and builds data, model, optimizer; writes nothing. The
+  run's config is the complete one (every key, defaults filled in)."""
   config_lib.validate(config)
-  mesh = sharding.make_mesh(config.train.get("model_parallel", 1))
+  config = config_lib.complete(config)
+  mesh = sharding.make_mesh(config.train.model_parallel)
   sharding.check_batch_size(config.train.batch_size, mesh)
   d, task = config.data, tasks.get(config.task)
   dataset = task.load_data(config)
@@ -339,12 +337,12 @@ def build_run(config) -> Run:
   schedule = optim.make_schedule(config.schedule, config.optim.learning_rate, steps)
   tx = optim.make_optimizer(config.optim, schedule)
   tx = transfer.wrap_optimizer(tx, config, model, input_shape)  # frozen / per-group lr
-  wd = float(config.optim.get("weight_decay", 0.0) or 0.0)
+  wd = float(config.optim.weight_decay)
   step_cfg = StepConfig(
       weight_decay_in_loss=wd if optim.uses_l2_in_loss(config.optim) else 0.0,
-      label_smoothing=float(config.train.get("label_smoothing", 0.0)),
-      nonfinite=config.train.get("nonfinite", "stop"),
-      log_grad_norms=bool(config.train.get("log_grad_norms", False)),
+      label_smoothing=float(config.train.label_smoothing),
+      nonfinite=config.train.nonfinite,
+      log_grad_norms=bool(config.train.log_grad_norms),
       log_every=int(config.train.log_every), task=task.name)
   return Run(config, mesh, dataset, model, schedule, tx, step_cfg, input_shape, out_size)
 
@@ -352,10 +350,7 @@ def build_run(config) -> Run:
 def init_state(run: Run) -> tuple[TrainState, Any]:
   """A fresh train state placed with its shardings, and those shardings."""
   rng = jax.random.key(run.config.seed)
-  create = functools.partial(create_train_state, run.model, run.tx,
-                             input_shape=run.input_shape,
-                             log_grad_norms=run.step_cfg.log_grad_norms,
-                             task=run.step_cfg.task)
+  create = functools.partial(state_factory, run)
   abstract = jax.eval_shape(create, rng)
   shardings = sharding.state_shardings(abstract, run.mesh)
   state = jax.jit(create, out_shardings=shardings)(rng)
@@ -367,7 +362,7 @@ def compile_steps(run: Run, shardings) -> tuple[Callable, Callable, Any]:
   fused into the train step: batch selection, augmentation and normalisation run on
   the devices, inside the same program."""
   cfg, ds, mesh = run.config, run.dataset, run.mesh
-  if cfg.train.get("step_impl", "jit") == "shard_map":
+  if cfg.train.step_impl == "shard_map":
     core = make_shard_map_train_step(run.model, run.tx, run.schedule, run.step_cfg, mesh)
   else:
     core = make_train_step(run.model, run.tx, run.schedule, run.step_cfg)
@@ -382,7 +377,7 @@ def compile_steps(run: Run, shardings) -> tuple[Callable, Callable, Any]:
                          donate_argnums=0)
     return train_step, eval_step, None
   batch_fn = data_lib.make_train_batch_fn(
-      len(ds.train), cfg.train.batch_size, augment=cfg.data.get("augment", "none"),
+      len(ds.train), cfg.train.batch_size, augment=cfg.data.augment,
       mean=ds.mean, std=ds.std, seed=cfg.seed, out_size=run.out_size)
 
   def fused(state, x_all, y_all):
@@ -405,7 +400,7 @@ def feed(run: Run, device_data, start: int) -> Iterator[tuple[Any, ...]]:
     return itertools.repeat(device_data)
   cfg, ds = run.config, run.dataset
   batches = data_lib.StreamingBatches(
-      ds.train, cfg.train.batch_size, cfg.data.get("augment", "none"), mean=ds.mean,
+      ds.train, cfg.train.batch_size, cfg.data.augment, mean=ds.mean,
       std=ds.std, seed=cfg.seed, out_size=run.out_size, mesh=run.mesh)
   return batches.iterate(start)
 
@@ -488,108 +483,351 @@ def prepare_workdir(workdir: pathlib.Path, config, *, overwrite: bool = False,
                       "writable --workdir.") from None
 
 
-def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False,
-        fork: bool = False, stop_after: Optional[int] = None) -> dict[str, Any]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
+# ----------------------------------------------------------------------------------
+# When the loop stops to log, evaluate and checkpoint
+# ----------------------------------------------------------------------------------
 
-  Returns the last logged metrics (with ``status``: "done", "preempted" or "halted").
-  `stop_after` stops (with a checkpoint) after that many steps of this call: for tests
-  and for sweeps that interleave runs.
+@dataclasses.dataclass(frozen=True)
+class Due:
+  """What is due after a step. The loop syncs with the devices only when one is."""
+  log: bool
+  eval: bool
+  checkpoint: bool
+
+  @property
+  def any(self) -> bool:
+    return self.log or self.eval or self.checkpoint
+
+
+def due_after(step: int, tc) -> Due:
+  """After `step` updates: a log line every ``train.log_every``, an evaluation every
+  ``train.eval_every`` and a checkpoint every ``train.checkpoint_every`` steps (0:
+  never before the end); the last step does all three."""
+  last = step == tc.steps
+  every = lambda n: bool(n) and step % n == 0  # noqa: E731
+  return Due(log=last or every(tc.log_every), eval=last or every(tc.eval_every),
+             checkpoint=last or every(tc.checkpoint_every))
+
+
+def train_record(run: Run, state: TrainState, step: int, img_per_s: float
+                 ) -> dict[str, Any]:
+  """The logged line of one run: epoch, lr, the means of its metric window.
+
+  A window in which every step was skipped (non-finite, "skip" mode) has no means:
+  its train metrics are None (null in metrics.jsonl), not 0.
   """
-  workdir = pathlib.Path(workdir)
-  run = build_run(config)           # every config mistake surfaces before any write
-  tc = config.train
-  check_workdir(workdir, config, overwrite=overwrite, fork=fork)
-  state, shardings = init_state(run)
-  if not overwrite:                 # a checkpoint of another model: refuse, still unwritten
-    ckpt_lib.check_compatible(workdir, ckpt_lib.abstract_like(state, shardings))
-  prepare_workdir(workdir, config, overwrite=overwrite, fork=fork)
-  checkpointer = ckpt_lib.Checkpointer(
-      workdir, keep=tc.get("keep_checkpoints", 3), best_metric=tc.get("best_metric"),
-      best_mode=tc.get("best_mode", "min"))
-  start, restored = checkpointer.restore_latest(ckpt_lib.abstract_like(state, shardings))
-  if restored is not None:
-    state = restored
-    print(f"resumed from step {start} in {workdir}", file=sys.stderr)
-  else:
-    state = transfer.warm_start(state, run)   # transfer.init_from's parameters, if set
-  writer = metrics_lib.MetricWriter(workdir, tensorboard=tc.get("tensorboard", True))
-  writer.truncate_after(int(state.step))
-  train_step, eval_step, device_data = compile_steps(run, shardings)
-  inputs = feed(run, device_data, int(state.step))
-  total = tc.steps
-  ds = run.dataset
-  steps_per_epoch = data_lib.steps_per_epoch(len(ds.train), tc.batch_size)
-  progress = metrics_lib.ProgressBar(total, quiet=tc.get("quiet", False))
-  eval_every, log_every = tc.get("eval_every", 0), tc.get("log_every", 100)
-  ckpt_every = tc.get("checkpoint_every", 0)
-  eval_bs = tc.get("eval_batch_size") or tc.batch_size
-  sharding.check_batch_size(eval_bs, run.mesh, "train.eval_batch_size")
-  plateau = config.schedule.get("name") == "plateau"
+  window = jax.device_get(state.window)
+  count = float(window.pop("count"))
+  spe = data_lib.steps_per_epoch(len(run.dataset.train), run.config.train.batch_size)
+  return {"epoch": step / spe,
+          "lr": float(run.schedule(step - 1)) * float(state.lr_scale),
+          **{(k if "/" in k else f"train_{k}"): (float(v) / count if count else None)
+             for k, v in window.items()},
+          "img_per_s": img_per_s, "skipped_steps": int(state.skipped)}
 
-  def run_eval(state) -> dict[str, float]:
-    return evaluate(eval_step, state, ds.eval, batch_size=eval_bs, mean=ds.mean,
-                    std=ds.std, mesh=run.mesh, out_size=run.out_size,
-                    task=run.step_cfg.task)
 
-  last: dict[str, Any] = {}
-  status = "done"
-  step = int(state.step)
-  window_start, window_step = time.time(), step
-  calls = 0
+# ----------------------------------------------------------------------------------
+# The loop: one run, or k runs that differ only in seed, in one program
+# ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Member:
+  """One run of the loop with its workdir and what it writes there."""
+  run: Run
+  workdir: pathlib.Path
+  checkpointer: Any
+  writer: Any
+  last: dict[str, Any] = dataclasses.field(default_factory=dict)
+  halted_at: int = -1              # the 0-based bad update, once non-finite ("stop")
+
+
+@dataclasses.dataclass
+class Program:
+  """The compiled pieces the loop drives; `states` is one TrainState, or k stacked."""
+  step: Callable                   # (states, *inputs) -> (states, metrics)
+  inputs: Iterator                 # the data arguments of each step
+  evaluate: Callable               # states -> [the task's scores of run i]
+  unstack: Callable                # states -> [the TrainState of run i]
+  stack: Callable                  # [the TrainState of run i] -> states
+
+
+def open_members(runs: list[Run], workdirs, *, overwrite: bool, fork: bool,
+                 abstract) -> list[Member]:
+  """Checks every workdir (configuration, checkpoint compatibility), then prepares
+  them: nothing is written before all have passed."""
+  for run, w in zip(runs, workdirs):
+    check_workdir(w, run.config, overwrite=overwrite, fork=fork)
+    if not overwrite:   # a checkpoint of another model: refuse, still unwritten
+      ckpt_lib.check_compatible(w, abstract)
+  members = []
+  for run, w in zip(runs, workdirs):
+    prepare_workdir(w, run.config, overwrite=overwrite, fork=fork)
+    tc = run.config.train
+    members.append(Member(
+        run, w, ckpt_lib.Checkpointer(w, keep=tc.keep_checkpoints,
+                                      best_metric=tc.best_metric, best_mode=tc.best_mode),
+        metrics_lib.MetricWriter(w, tensorboard=tc.tensorboard)))
+  return members
+
+
+def run_loop(program: Program, states, members: list[Member], *,
+             stop_after: Optional[int] = None):
+  """Trains until ``train.steps``, a SIGTERM or `stop_after` steps of this call.
+
+  Returns (states, status) with status "done", "preempted" or "halted" (every run
+  non-finite in "stop" mode). A halted run of several is frozen at its last good state
+  by its step (every later update is a no-op) and stops logging and checkpointing.
+  """
+  run0 = members[0].run
+  tc, k = run0.config.train, len(members)
+  plateau = run0.config.schedule.name == "plateau"
+  first = program.unstack(states)[0]
+  step = int(first.step)
+  if step >= tc.steps:
+    return states, "done"
+  say = (lambda *a, **kw: None) if tc.quiet or jax.process_index() else functools.partial(
+      print, file=sys.stderr, flush=True)
+  n_params = sum(x.size for x in jax.tree.leaves(first.params))
+  say(f"training {run0.config.model.name} ({n_params:,} parameters"
+      f"{f', {k} seeds in one program' if k > 1 else ''}) in "
+      f"{', '.join(str(m.workdir) for m in members)}")
+  train_step, inputs = _compiled(program, states, say)
+  progress = metrics_lib.ProgressBar(tc.steps, quiet=tc.quiet)
+  status, calls = "done", 0
+  window_start, window_step = time.time(), step   # after compiling: img/s is training
   with _Preemption() as preemption:
-    while step < total:
-      state, _ = train_step(state, *next(inputs))
+    while step < tc.steps:
+      states, _ = train_step(states, *next(inputs))
       step += 1
       calls += 1
-      at_log = step % log_every == 0 or step == total
-      at_eval = bool(eval_every) and (step % eval_every == 0 or step == total)
-      at_ckpt = bool(ckpt_every) and step % ckpt_every == 0
+      progress.update(step)
+      due = due_after(step, tc)
       stopping = preemption.requested or (stop_after is not None and calls >= stop_after)
-      if not (at_log or at_eval or at_ckpt or stopping):
+      if not (due.any or stopping):
         continue
       # Everything below syncs with the devices; it runs only at these boundaries.
-      halted_at = int(state.halted_at)
-      if halted_at >= 0:
+      singles = program.unstack(states)
+      _note_halts(members, singles)
+      if all(m.halted_at >= 0 for m in members):
         status = "halted"
-        raise_nonfinite(state, halted_at, checkpointer)
-      window = jax.device_get(state.window)
-      count = max(float(window.pop("count")), 1.0)
-      elapsed = time.time() - window_start
-      record = {"epoch": step / steps_per_epoch,
-                "lr": float(run.schedule(step - 1)) * float(state.lr_scale),
-                **{(k if "/" in k else f"train_{k}"): float(v) / count
-                   for k, v in window.items()},
-                "img_per_s": (step - window_step) * tc.batch_size / max(elapsed, 1e-9),
-                "skipped_steps": int(state.skipped)}
-      if at_eval:
-        ev = run_eval(state)
-        record.update({f"eval_{k}": v for k, v in ev.items() if k != "examples"})
-        if plateau:
-          state = _plateau_step(state, record, config.schedule)
-        checkpointer.save_best(step, state, record)
-      if at_log or at_eval:  # not at a pre-emption: a resumed run logs the same lines
-        writer.write(step, record)
-      last = {"step": step, **record}
-      progress.update(step, loss=record["train_loss"], img_s=record["img_per_s"])
-      if at_ckpt or stopping or step == total:
-        checkpointer.save(step, state)
+        break
+      img_per_s = (step - window_step) * tc.batch_size / max(time.time() - window_start,
+                                                              1e-9)
+      scores = program.evaluate(states) if due.eval else [None] * k
+      for i, (m, state, ev) in enumerate(zip(members, singles, scores)):
+        if m.halted_at >= 0:
+          continue
+        record = train_record(m.run, state, step, img_per_s)
+        if ev is not None:
+          record.update({f"eval_{n}": v for n, v in ev.items() if n != "examples"})
+          if plateau:
+            singles[i] = state = _plateau_step(state, record, m.run.config.schedule)
+          m.checkpointer.save_best(step, state, record)
+        if due.log or due.eval:  # not at a pre-emption: a resumed run logs the same lines
+          m.writer.write(step, record)
+        m.last = {"step": step, **record}
+        if due.checkpoint or stopping:
+          m.checkpointer.save(step, state)
+      if plateau and due.eval:
+        states = program.stack(singles)
+      losses = [m.last["train_loss"] for m in members
+                if m.halted_at < 0 and m.last.get("train_loss") is not None]
+      progress.update(step, loss=float(np.mean(losses)) if losses else float("nan"),
+                      img_s=k * img_per_s)
       window_start, window_step = time.time(), step
       if stopping:
         status = "preempted"
         break
   progress.close()
-  if step >= total and int(state.step) >= total:
-    checkpointer.save(step, state)
-  checkpointer.close()
-  writer.close()
-  if not last and writer.enabled:   # resumed at the end: nothing ran, report the last log
-    rows = metrics_lib.read_jsonl(writer.path)
-    last = dict(rows[-1]) if rows else {"step": step}
-  last["status"] = status
-  if status == "done":
-    write_atomic(workdir / "final.json", json.dumps(last, indent=2) + "\n")
-  return last
+  return states, status
+
+
+def _compiled(program: Program, states, say) -> tuple[Callable, Iterator]:
+  """The program's step compiled ahead of the loop (so the first timed window holds
+  no compilation) and the step inputs, the first one included."""
+  inputs = program.inputs
+  args = next(inputs)
+  say("compiling the train step ...")
+  start = time.time()
+  train_step = program.step.lower(states, *args).compile()
+  say(f"compiled in {time.time() - start:.1f} s")
+  return train_step, itertools.chain([args], inputs)
+
+
+def _note_halts(members: list[Member], singles: list[TrainState]) -> None:
+  """Records (and, when others train on, reports) the runs that went non-finite."""
+  for m, state in zip(members, singles):
+    halted_at = int(state.halted_at)
+    if halted_at >= 0 and m.halted_at < 0:
+      m.halted_at = halted_at
+      if len(members) > 1:
+        print(f"error: {m.workdir}: non-finite loss or gradient at step {halted_at + 1}; "
+              "this model stays at its last good state.", file=sys.stderr)
+
+
+def close_members(members: list[Member], singles: list[TrainState],
+                  status: str) -> list[dict[str, Any]]:
+  """Final checkpoints, closed writers, final.json of each finished run; returns each
+  run's last logged record with its ``status``."""
+  results = []
+  for m, state in zip(members, singles):
+    step, total = int(state.step), m.run.config.train.steps
+    if m.halted_at < 0 and step >= total:   # also when resumed at the end
+      m.checkpointer.save(step, state)
+    m.checkpointer.close()
+    m.writer.close()
+    last = m.last
+    if not last and m.writer.enabled:   # nothing ran in this call: report the last log
+      rows = metrics_lib.read_jsonl(m.writer.path)
+      last = dict(rows[-1]) if rows else {"step": step}
+    last["status"] = "halted" if m.halted_at >= 0 else status
+    if last["status"] == "done":
+      write_atomic(m.workdir / "final.json", metrics_lib.strict_json(last, indent=2) + "\n")
+    results.append(last)
+  return results
+
+
+def single_program(run: Run, state: TrainState, shardings) -> Program:
+  """The program of one run: the jitted (or shard_map) step over the mesh."""
+  train_step, eval_step, device_data = compile_steps(run, shardings)
+  tc, ds = run.config.train, run.dataset
+  eval_bs = tc.eval_batch_size or tc.batch_size
+
+  def evaluate_one(state):
+    return [evaluate(eval_step, state, ds.eval, batch_size=eval_bs, mean=ds.mean,
+                     std=ds.std, mesh=run.mesh, out_size=run.out_size,
+                     task=run.step_cfg.task)]
+
+  return Program(train_step, feed(run, device_data, int(state.step)), evaluate_one,
+                 unstack=lambda s: [s], stack=lambda singles: singles[0])
+
+
+def stacked_program(runs: list[Run], impl: str) -> Program:
+  """The program of k runs: their states stacked, one step for all (cnn.multi)."""
+  run, k = runs[0], len(runs)
+  core = make_train_step(run.model, run.tx, run.schedule, run.step_cfg)
+  cfg = run.config
+  batch_fns = [data_lib.make_train_batch_fn(
+      len(r.dataset.train), cfg.train.batch_size, augment=cfg.data.augment,
+      mean=r.dataset.mean, std=r.dataset.std, seed=r.config.seed, out_size=r.out_size)
+      for r in runs]
+  placed: dict[int, Any] = {}
+  data = tuple(placed.setdefault(id(r.dataset), (
+      jnp.asarray(r.dataset.train.x), jnp.asarray(np.asarray(r.dataset.train.y, np.int32))))
+      for r in runs)
+  eval_step = multi.make_multi_eval_step(make_eval_step(run.model, run.step_cfg.task), impl)
+  return Program(multi.make_multi_step(core, batch_fns, impl), itertools.repeat((data,)),
+                 functools.partial(multi.evaluate_all, runs, eval_step=eval_step),
+                 unstack=lambda s: multi.unstack(s, k), stack=multi.stack)
+
+
+def build_runs(configs) -> list[Run]:
+  """One Run per config of a group that differs only in seed; the dataset is loaded
+  once unless the seed picks a different validation split."""
+  multi.check_same_but_seed(configs)
+  first = build_run(configs[0])
+  if len(configs) > 1 and first.dataset.train.streamed:
+    raise ConfigError("Training several seeds in one program needs an in-memory dataset; "
+                      "train streamed datasets (imagenet2012) one run at a time.")
+  runs = [first]
+  for c in configs[1:]:
+    if c.data.validation_size:
+      runs.append(build_run(c))
+    else:
+      config_lib.validate(c)
+      runs.append(dataclasses.replace(first, config=config_lib.complete(c)))
+  return runs
+
+
+def fit(config, workdir: str | pathlib.Path, *, overwrite: bool = False,
+        fork: bool = False, stop_after: Optional[int] = None) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
+
+  Returns the last logged metrics (with ``status``: "done" or "preempted"); a
+  non-finite loss in "stop" mode raises NonFiniteError. `stop_after` stops (with a
+  checkpoint) after that many steps of this call: for tests and for sweeps that
+  interleave runs.
+  """
+  return fit_group([config], [workdir], overwrite=overwrite, fork=fork,
+                   stop_after=stop_after)[0]
+
+
+def fit_group(configs, workdirs, *, overwrite: bool = False, fork: bool = False,
+              stop_after: Optional[int] = None, multi_impl: str = "auto"
+              ) -> list[dict[str, Any]]:
+  """Trains k configs in workdirs[i], one program for all; `fit` is k = 1.
+
+  For k > 1 the configs may differ only in ``seed``: their states are stacked and one
+  compiled step trains all (`cnn.multi`, `multi_impl` "vmap", "unroll" or "auto"),
+  model i seeing exactly the data, dropout and initialisation of a separate run with
+  seed i. Every workdir gets what a single run writes; a group resumes when its latest
+  checkpoints are at the same step. A run of several that goes non-finite ("stop"
+  mode) is frozen, reported and returned with status "halted"; the others go on.
+  """
+  if len(configs) != len(workdirs) or not configs:
+    raise ConfigError(f"fit_group needs one workdir per config, got {len(configs)} "
+                      f"configs and {len(workdirs)} workdirs.")
+  workdirs = [pathlib.Path(w) for w in workdirs]
+  # One run per workdir: a second one on a busy workdir is refused at once.
+  with contextlib.ExitStack() as held:
+    for w in workdirs:
+      held.enter_context(workdir_lib.lock(w))
+    return _fit_locked(configs, workdirs, overwrite=overwrite, fork=fork,
+                       stop_after=stop_after, multi_impl=multi_impl)
+
+
+def _fit_locked(configs, workdirs: list[pathlib.Path], *, overwrite: bool, fork: bool,
+                stop_after: Optional[int], multi_impl: str) -> list[dict[str, Any]]:
+  """`fit_group` once every workdir is locked."""
+  runs = build_runs(configs)        # every config mistake surfaces before any write
+  if len(runs) == 1:
+    state, shardings = init_state(runs[0])
+    abstract = ckpt_lib.abstract_like(state, shardings)
+  else:
+    multi.check_one_device(configs)
+    state = init_stacked(runs)
+    abstract = jax.eval_shape(functools.partial(state_factory, runs[0]),
+                              jax.random.key(0))
+  members = open_members(runs, workdirs, overwrite=overwrite, fork=fork, abstract=abstract)
+  try:
+    if len(runs) == 1:
+      start, restored = members[0].checkpointer.restore_latest(abstract)
+      if restored is not None:
+        print(f"resumed from step {start} in {workdirs[0]}", file=sys.stderr)
+      state = restored if restored is not None else transfer.warm_start(state, runs[0])
+    else:
+      state = multi.restore_stacked([m.checkpointer for m in members], abstract,
+                                    workdirs, state)
+  except ConfigError:
+    for m in members:
+      m.checkpointer.close()
+    raise
+  start = int(np.asarray(state.step).reshape(-1)[0])   # one step, or k equal ones
+  for m in members:
+    m.writer.truncate_after(start)
+    if start == 0:
+      m.writer.write_hparams(m.run.config.to_dict())
+  program = (single_program(runs[0], state, shardings) if len(runs) == 1
+             else stacked_program(runs, multi_impl))
+  states, status = run_loop(program, state, members, stop_after=stop_after)
+  singles = program.unstack(states)
+  results = close_members(members, singles, status)
+  if len(runs) == 1 and members[0].halted_at >= 0:
+    raise_nonfinite(singles[0], members[0].halted_at, members[0].checkpointer)
+  return results
+
+
+def state_factory(run: Run, rng) -> TrainState:
+  """`create_train_state` for `run`'s model and optimizer."""
+  return create_train_state(run.model, run.tx, rng, input_shape=run.input_shape,
+                            log_grad_norms=run.step_cfg.log_grad_norms,
+                            task=run.step_cfg.task)
+
+
+def init_stacked(runs: list[Run]) -> TrainState:
+  """The fresh states of a group's runs, stacked (run i from key(seed_i))."""
+  return multi.init_states(functools.partial(state_factory, runs[0]),
+                           [r.config.seed for r in runs])
 
 
 def _plateau_step(state: TrainState, record: dict[str, Any], schedule_cfg) -> TrainState:
@@ -598,8 +836,7 @@ def _plateau_step(state: TrainState, record: dict[str, Any], schedule_cfg) -> Tr
     return state
   scale, best, bad = optim.update_plateau(
       float(state.lr_scale), float(state.plateau_best), int(state.plateau_bad), metric,
-      factor=schedule_cfg.get("factor", 0.1), patience=schedule_cfg.get("patience", 1),
-      mode=schedule_cfg.get("mode", "min"))
+      factor=schedule_cfg.factor, patience=schedule_cfg.patience, mode=schedule_cfg.mode)
   return state.replace(lr_scale=jnp.full_like(state.lr_scale, scale),
                        plateau_best=jnp.full_like(state.plateau_best, best),
                        plateau_bad=jnp.full_like(state.plateau_bad, bad))

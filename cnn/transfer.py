@@ -187,12 +187,9 @@ def make_optimizer(tx: optax.GradientTransformation, labels: Any,
 
 
 def _section(config) -> dict[str, Any]:
-  defaults = {"init_from": None, "checkpoint": "latest", "reinit": AUTO, "freeze": "",
-              "freeze_depth": 0, "backbone_lr": 1.0}
-  section = config.get("transfer") if hasattr(config, "get") else None
-  if section is None:
-    return defaults
-  return {**defaults, **{k: section[k] for k in section.keys()}}
+  """The ``transfer`` section with `cnn.config.defaults()` for the keys not set."""
+  from cnn import config as config_lib  # pylint: disable=import-outside-toplevel
+  return config_lib.complete(config).transfer.to_dict()
 
 
 def check_section(t: dict[str, Any]) -> None:
@@ -255,15 +252,15 @@ def read_variables(workdir: str | pathlib.Path, *, best: bool = False
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from cnn import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  from cnn import evaluation  # pylint: disable=import-outside-toplevel
+  from cnn import config as config_lib  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
   if not workdir.is_dir():
     raise ConfigError(f"transfer.init_from={str(workdir)!r} is not a directory; pass the "
                       "workdir of a trained run.")
-  config = evaluation.load_run_config(workdir)
-  metric = config.train.get("best_metric")
+  config = config_lib.load_saved(workdir)
+  metric = config.train.best_metric
   checkpointer = ckpt_lib.Checkpointer(workdir, best_metric=metric,
-                                       best_mode=config.train.get("best_mode", "min"),
+                                       best_mode=config.train.best_mode,
                                        read_only=True)
   if best:
     steps = [checkpointer.best.best_step()] if (
@@ -414,26 +411,3 @@ def split_features(run, state, split, *, layer: Optional[str] = None,
     labels.append(np.asarray(targets)[keep])
   return {"features": np.concatenate(feats).astype(np.float32),
           "labels": np.concatenate(labels).astype(np.int32), "layer": np.asarray(layer)}
-
-
-def extract_features(workdir: str | pathlib.Path, *, split: str = "eval",
-                     source: Optional[str] = None, data_dir: Optional[str] = None,
-                     layer: Optional[str] = None, what: str = "output",
-                     best: bool = False, batch_size: int = 256) -> dict[str, np.ndarray]:
-  """Features from a run's checkpoint for a split of its own data, or of `source`
-  (any cnn.data source, e.g. new images for a classifier trained on the features).
-
-  Returns ``features`` (N, ...) float32, ``labels`` (N,) int32 and the ``layer`` name.
-  """
-  from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
-  from cnn import evaluation  # pylint: disable=import-outside-toplevel
-  if split not in SPLITS:
-    raise unknown_choice("split", split, SPLITS)
-  run, state, _ = evaluation.restore_state(pathlib.Path(workdir), best=best)
-  ds = run.dataset
-  if source is not None:
-    d = run.config.data
-    ds = data_lib.load(source, data_dir=data_dir, image_size=d.get("image_size"),
-                       channels=d.get("channels") or run.input_shape[-1])
-  part = {"train": ds.train, "eval": ds.eval, "test": ds.test}[split]
-  return split_features(run, state, part, layer=layer, what=what, batch_size=batch_size)

@@ -1,5 +1,11 @@
 """Figures of the course's pictures from real runs: learned filters, feature maps, the
-classic fixed kernels, a model's structure, segmentation predictions, augmentations.
+classic fixed kernels, a model's structure, segmentation predictions, deck 5's
+augmentations; and the training curves of any set of runs (`curves_figure`).
+
+The `*_figure` functions draw arrays; `draw_filters`, `draw_features`, `draw_kernels`,
+`draw_structure`, `draw_segmentation` and `draw_augment` read a run's workdir (or a
+model name or a dataset), draw and write the file: they are the commands of
+scripts/visualize.py.
 
 Every function returns a matplotlib `Figure` (no pyplot: nothing global, works
 without a display) whose size is fixed by its content, and `save` writes it as a
@@ -11,6 +17,7 @@ PNG at `DPI` without trimming, so the pixel size is known in advance:
     kernels                  one row of WIDE-inch tiles, plus TITLE
     structure                BLOCK_W wide, one BLOCK_H row per block, plus TITLE
     segmentation             3 columns (image, truth, prediction) of WIDE-inch tiles
+    curves                   one CURVE_W x CURVE_H panel per metric
     augmentations            1 + one column per augmentation, one row per draw, of
                              CELL-inch tiles, plus TITLE
 
@@ -35,6 +42,7 @@ WIDE = 2.0        # inches per tile of the kernel and segmentation figures
 TITLE = 0.6       # inches of title band (two lines)
 MIN_WIDTH = 4.0   # inches: room for the title of a small grid
 BLOCK_W, BLOCK_H = 6.0, 0.5
+CURVE_W, CURVE_H = 5.0, 3.6
 MAX_MAPS = 64     # feature maps shown at most
 
 
@@ -51,11 +59,13 @@ def pixel_size(fig: Figure) -> tuple[int, int]:
 
 
 def save(fig: Figure, path: str | pathlib.Path) -> pathlib.Path:
-  """Writes `fig` as a PNG at DPI (no trimming) and returns the path."""
+  """Writes `fig` at DPI (no trimming) and returns the path: a PDF or SVG when the
+  path says so, else a PNG."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   FigureCanvasAgg(fig)
-  fig.savefig(path, dpi=DPI, format="png")
+  kind = path.suffix.lower().lstrip(".")
+  fig.savefig(path, dpi=DPI, format=kind if kind in ("pdf", "svg") else "png")
   return path
 
 
@@ -245,10 +255,223 @@ def segmentation_figure(images: np.ndarray, truths: np.ndarray, predictions: np.
   return fig
 
 
+def detection_figure(images: np.ndarray, truths: np.ndarray, detections: np.ndarray,
+                     title: str = "detection", min_score: float = 0.5,
+                     columns: int = 4) -> Figure:
+  """Canvases with their true boxes (dashed white) and the detections scoring at least
+  `min_score` (solid, coloured by class, labelled "class score").
+
+  `truths` rows are (x1, y1, x2, y2, class), `detections` rows (x1, y1, x2, y2,
+  score, class); rows with class < 0 are padding.
+  """
+  from matplotlib import colormaps  # pylint: disable=import-outside-toplevel
+  from matplotlib.patches import Rectangle  # pylint: disable=import-outside-toplevel
+  n = len(images)
+  rows, cols = -(-n // columns), min(n, columns)
+  fig = Figure(figsize=(cols * WIDE, rows * WIDE + TITLE))
+  fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01,
+                      top=1.0 - TITLE / (rows * WIDE + TITLE), wspace=0.04, hspace=0.04)
+  palette = colormaps["tab10"]
+  for i in range(n):
+    ax = fig.add_subplot(rows, cols, i + 1)
+    ax.set_axis_off()
+    image = np.asarray(images[i], np.float64)
+    ax.imshow(_unit(image[..., 0]), cmap="gray", interpolation="nearest")
+    # Boxes are in pixel-edge coordinates; imshow puts pixel centres at integers.
+    for x1, y1, x2, y2, cls in np.asarray(truths[i]):
+      if cls >= 0:
+        ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
+                               edgecolor="white", linestyle="--", linewidth=0.8))
+    for x1, y1, x2, y2, score, cls in np.asarray(detections[i]):
+      if cls >= 0 and score >= min_score:
+        colour = palette(int(cls) % 10)
+        ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
+                               edgecolor=colour, linewidth=1.4))
+        ax.text(x1 - 0.5, y1 - 1.0, f"{int(cls)} {score:.2f}", color="black", fontsize=7,
+                va="bottom", bbox=dict(facecolor=colour, edgecolor="none", pad=0.6))
+  fig.suptitle(title, fontsize=10)
+  return fig
+
+
+# ----------------------------------------------------------------------------------
+# Training curves of any runs (cnn.runs records)
+# ----------------------------------------------------------------------------------
+
+def curves_figure(curves: Sequence[tuple[str, Mapping[str, tuple[Sequence[int],
+                                                                 Sequence[float]]]]],
+                  metrics: Sequence[str], *, log_y: bool = False,
+                  title: str = "") -> Figure:
+  """One panel per metric, one line per curve against the step.
+
+  Args:
+    curves: (label, {metric: (steps, values)}) per line, e.g. one run or the mean of
+      one setting's seeds (see `cnn.runs.series` and `cnn.runs.mean_curve`).
+    metrics: the panels, in order; a line without a metric is left out of its panel.
+    log_y: logarithmic y axes (losses, gradient norms).
+    title: the figure's title.
+  """
+  fig = Figure(figsize=(CURVE_W * len(metrics), CURVE_H + (TITLE if title else 0)))
+  for i, metric in enumerate(metrics):
+    ax = fig.add_subplot(1, len(metrics), i + 1)
+    for j, (label, by_metric) in enumerate(curves):
+      steps, values = by_metric.get(metric, ((), ()))
+      if len(steps):
+        ax.plot(steps, values, color=f"C{j % 10}", linewidth=1.4, label=label,
+                marker="o" if len(steps) < 30 else None, markersize=3)
+    if log_y:
+      ax.set_yscale("log")
+    ax.set_title(metric, fontsize=10)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8, loc="best")
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+def runs_curves(paths: Sequence[str | pathlib.Path], metrics: Sequence[str], *,
+                mean_seeds: bool = False) -> list[tuple[str, dict]]:
+  """The curves `curves_figure` draws for the runs under `paths` (workdirs or sweep
+  roots): one per run, or with `mean_seeds` one per setting, the mean over its seeds
+  at the steps they all logged. A metric no run logged is a ConfigError that lists
+  the logged ones."""
+  from cnn import runs as runs_lib  # pylint: disable=import-outside-toplevel
+  from cnn.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  found = runs_lib.load(paths)
+  logged = runs_lib.keys(found)
+  missing = [m for m in metrics if m not in logged]
+  if missing:
+    raise ConfigError(f"No run logged {', '.join(missing)}; the runs logged: "
+                      f"{', '.join(logged) or 'nothing yet'}.")
+  names = runs_lib.labels(found)
+  if not mean_seeds:
+    return [(name, {m: runs_lib.series(r, m) for m in metrics})
+            for name, r in zip(names, found)]
+  label_of = {id(r): name for name, r in zip(names, found)}
+  curves = []
+  for members in runs_lib.group(found):
+    label = label_of[id(members[0])]
+    if len(members) > 1:
+      label += f" (mean of {len(members)} seeds)"
+    curves.append((label, {m: runs_lib.mean_curve(members, m) for m in metrics}))
+  return curves
+
+
+# ----------------------------------------------------------------------------------
+# From a workdir, a model name or a dataset to a file (scripts/visualize.py)
+# ----------------------------------------------------------------------------------
+
+KERNEL_SOURCES = ("auto", "cifar10", "mnist", "digits")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+
+
+def _restore(workdir: str | pathlib.Path, best: bool = False):
+  from cnn import evaluation  # pylint: disable=import-outside-toplevel
+  return evaluation.restore_state(pathlib.Path(workdir), best=best)
+
+
+def _error(message: str):
+  from cnn.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  return ConfigError(message)
+
+
+def first_conv(run, state) -> tuple[str, np.ndarray]:
+  """(path, kernel) of the first convolution that runs."""
+  from cnn import transfer  # pylint: disable=import-outside-toplevel
+  for path in transfer.module_paths(run.model, run.input_shape):
+    node = state.params
+    for part in path.split("/"):
+      node = node.get(part, {}) if hasattr(node, "get") else {}
+    kernel = node.get("kernel") if hasattr(node, "get") else None
+    if kernel is not None and np.ndim(kernel) == 4:
+      return path, np.asarray(kernel)
+  raise _error("This model has no convolution with a 4-D kernel to draw.")
+
+
+def draw_filters(workdir, out="filters.png", *, best: bool = False) -> pathlib.Path:
+  """The first convolution's filters of a run's checkpoint."""
+  run, state, step = _restore(workdir, best)
+  name, kernel = first_conv(run, state)
+  return save(filters_figure(kernel, f"{run.config.model.name} {name}, step {step}"), out)
+
+
+def layer_names(workdir) -> list[str]:
+  """The module paths of a run's model, in execution order (for --layer)."""
+  from cnn import transfer  # pylint: disable=import-outside-toplevel
+  run, _, _ = _restore(workdir)
+  return transfer.module_paths(run.model, run.input_shape)
+
+
+def eval_image(run, index: int) -> np.ndarray:
+  """Image `index` of the run's evaluation split, normalised as the model sees it."""
+  from cnn.data import pipeline, sources  # pylint: disable=import-outside-toplevel
+  split, ds = run.dataset.eval, run.dataset
+  if not 0 <= index < len(split):
+    raise _error(f"--image_index {index} is outside the {len(split)} images of the "
+                 f"evaluation split; use 0..{len(split) - 1}.")
+  image = np.asarray(split.example(index)[0])[None]
+  if run.out_size is not None:
+    image = sources.pad_or_crop(image, run.out_size)
+  return pipeline.normalize_np(image, ds.mean, ds.std)
+
+
+def draw_features(workdir, out="feature_maps.png", *, layer: str = "conv1",
+                  image_index: int = 0, best: bool = False) -> pathlib.Path:
+  """The outputs of `layer` for one image of the run's evaluation split."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from cnn import transfer  # pylint: disable=import-outside-toplevel
+  run, state, _ = _restore(workdir, best)
+  image = eval_image(run, image_index)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  maps = np.asarray(jax.jit(lambda v, x: transfer.capture(run.model, v, x, layer))(
+      variables, image))
+  if maps.ndim != 4:
+    raise _error(f"Layer {layer!r} outputs shape {maps.shape[1:]}, not feature maps; "
+                 "pick a convolution or pooling layer (see --layer list).")
+  label = run.dataset.eval.example(image_index)[1]
+  what = f"label {int(label)}" if np.ndim(label) == 0 else "segmentation input"
+  fig = feature_maps_figure(image[0], maps[0], f"{run.config.model.name} {layer} "
+                            f"outputs, eval image {image_index} ({what})")
+  return save(fig, out)
+
+
+def kernel_image(source: str, index: int, data_dir: str | None = None
+                 ) -> tuple[np.ndarray, str]:
+  """(grey image H x W in 0..1, description) from a real dataset's test split."""
+  from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
+  from cnn.data import sources  # pylint: disable=import-outside-toplevel
+  if source not in KERNEL_SOURCES:
+    raise _error(f"--source must be one of {', '.join(KERNEL_SOURCES)}, got {source!r}.")
+  if source == "auto":   # CIFAR-10 when it is on disk: a photo shows the kernels best
+    root = pathlib.Path(data_dir or sources._data_root(None))  # pylint: disable=protected-access
+    source = "cifar10" if (root / "cifar10").is_dir() else "digits"
+  ds = data_lib.load(source, data_dir=data_dir, channels=1)
+  if not 0 <= index < len(ds.test):
+    raise _error(f"--image_index {index} is outside the {len(ds.test)} test images of "
+                 f"{source}; use 0..{len(ds.test) - 1}.")
+  image, label = ds.test.example(index)
+  name = CIFAR10_CLASSES[int(label)] if source == "cifar10" else f"digit {int(label)}"
+  return (np.asarray(image[..., 0], np.float32) / 255.0,
+          f"{source} test image {index} ({name})")
+
+
+def draw_kernels(out="kernels.png", *, source: str = "auto", image_index: int = 0,
+                 data_dir: str | None = None) -> pathlib.Path:
+  """The course's box blur and edge detector on a real image."""
+  from cnn import layers  # pylint: disable=import-outside-toplevel
+  image, what = kernel_image(source, image_index, data_dir)
+  outputs = {name: np.asarray(layers.apply_kernel(image[..., None], name))[..., 0]
+             for name in layers.FIXED_KERNELS}
+  return save(kernels_figure(image, outputs, f"the course's kernels on {what}"), out)
+
+
 def augmentations_figure(image: np.ndarray, outputs: Mapping[str, Sequence[np.ndarray]],
                          title: str = "augmentations") -> Figure:
   """The image (first column) and, per augmentation, one column of its random draws
-  (one row each); images are grey (H, W) or RGB (H, W, 3) on 0..1, CELL-inch tiles."""
+  (one row each); images are (H, W, 1) grey or (H, W, 3) RGB on 0..1, CELL-inch tiles."""
   draws = max(len(v) for v in outputs.values())
   cols = 1 + len(outputs)
   fig = Figure(figsize=(cols * CELL, draws * CELL + TITLE))
@@ -261,9 +484,148 @@ def augmentations_figure(image: np.ndarray, outputs: Mapping[str, Sequence[np.nd
       ax.set_axis_off()
       if i < len(tiles):
         x = np.clip(np.asarray(tiles[i], np.float64), 0.0, 1.0)
-        ax.imshow(x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x, cmap="gray",
-                  vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.imshow(x[..., 0] if x.shape[-1] == 1 else x, cmap="gray", vmin=0.0,
+                  vmax=1.0, interpolation="nearest")
       if i == 0:
         ax.set_title(name, fontsize=7, pad=2)
   fig.suptitle(title, fontsize=10)
   return fig
+
+
+# Deck 5's list, strong enough to be seen on a 32x32 image.
+FIGURE_AUGMENTATIONS = ("rotate30", "translate4", "flip", "skew20", "crop4", "noise16",
+                        "light40", "vignette80", "perspective40")
+
+
+def augment_image(source: str, index: int, data_dir: str | None = None
+                  ) -> tuple[np.ndarray, str]:
+  """(uint8 image H x W x C, description) of a real test image: CIFAR-10 in colour
+  when it is on disk (source auto), else a digit, inverted to dark ink on white so
+  that darkening (vignette, light) and the mean-colour fill of crops show."""
+  from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
+  from cnn.data import sources  # pylint: disable=import-outside-toplevel
+  if source not in KERNEL_SOURCES:
+    raise _error(f"--source must be one of {', '.join(KERNEL_SOURCES)}, got {source!r}.")
+  if source == "auto":
+    root = pathlib.Path(data_dir or sources._data_root(None))  # pylint: disable=protected-access
+    source = "cifar10" if (root / "cifar10").is_dir() else "digits"
+  ds = data_lib.load(source, data_dir=data_dir)
+  if not 0 <= index < len(ds.test):
+    raise _error(f"--image_index {index} is outside the {len(ds.test)} test images of "
+                 f"{source}; use 0..{len(ds.test) - 1}.")
+  image, label = ds.test.example(index)
+  image = np.asarray(image, np.uint8)
+  if source == "cifar10":
+    return image, f"CIFAR-10 test image {index} ({CIFAR10_CLASSES[int(label)]})"
+  return 255 - image, f"{source} test image {index} (digit {int(label)}, inverted)"
+
+
+def augment_examples(image: np.ndarray, names: Sequence[str], draws: int = 3
+                     ) -> dict[str, list[np.ndarray]]:
+  """{name: [the image in 0..1 after draw k, k < draws]}: `cnn.data.augment.get(name)`,
+  as the pipeline runs it, on a batch of `draws` copies (key 0, one draw per copy),
+  normalised by the image's own mean colour (crops fill with it, as training fills
+  with the dataset's)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from cnn.data import augment  # pylint: disable=import-outside-toplevel
+  pixels = image.astype(np.float32) / 255.0
+  mean = pixels.mean((0, 1))
+  std = np.ones_like(mean)
+  batch = np.repeat((pixels - mean)[None], draws, axis=0)
+  out = {}
+  for name in names:
+    fn = augment.get(name, mean=mean, std=std)
+    result, _ = jax.jit(lambda x, f=fn: f(jax.random.key(0), x, None, image.shape[:2]))(
+        batch)
+    out[name] = [np.asarray(r) * std + mean for r in result]
+  return out
+
+
+def draw_augment(out="augmentations.png", *, names: Sequence[str] = FIGURE_AUGMENTATIONS,
+                 source: str = "auto", image_index: int = 0, data_dir: str | None = None,
+                 draws: int = 3) -> pathlib.Path:
+  """Deck 5's augmentations (cnn/data/augment.py), `draws` of each, on one real image."""
+  if draws <= 0:
+    raise _error(f"--draws must be positive, got {draws}.")
+  image, what = augment_image(source, image_index, data_dir)
+  outputs = augment_examples(image, names, draws)
+  return save(augmentations_figure(image.astype(np.float32) / 255.0, outputs,
+                                   f"deck 5's augmentations (data.augment) on {what}"), out)
+
+
+def draw_structure(out=None, *, model: str | None = None, workdir=None,
+                   input_shape: Sequence[int] | None = None,
+                   num_classes: int | None = None) -> pathlib.Path:
+  """The per-layer summary of a registered model (or a run's) as a block diagram, or
+  as the summary's Markdown table when `out` ends in .md."""
+  from cnn import models, summary  # pylint: disable=import-outside-toplevel
+  if workdir:
+    run, _, _ = _restore(workdir)
+    net, name, shape = run.model, run.config.model.name, run.input_shape[1:]
+  else:
+    if not model:
+      raise _error("structure needs --model NAME (or --workdir of a run).")
+    name = model
+    shape = tuple(input_shape) if input_shape else models.info(name).input_shape
+    net = models.create(name, **({"num_classes": num_classes} if num_classes else {}))
+  rows = summary.summarize(net, shape)
+  title = f"{name} on {'x'.join(map(str, shape))}"
+  out = pathlib.Path(out or f"{name}_structure.png")
+  if out.suffix == ".md":
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(summary.render(rows, "markdown", title=title))
+    return out
+  return save(structure_figure(rows, title), out)
+
+
+def draw_segmentation(workdir, out="segmentation.png", *, count: int = 4,
+                      image_index: int = 0, best: bool = False) -> pathlib.Path:
+  """Image, truth and prediction of a segmentation run on `count` test canvases."""
+  from cnn import segmentation  # pylint: disable=import-outside-toplevel
+  from cnn.data import pipeline  # pylint: disable=import-outside-toplevel
+  if not segmentation.is_segmentation_run(workdir):
+    raise _error(f"{workdir} is not a segmentation run; train one with python -m "
+                 "scripts.train --config experiments/segmentation_digits.py.")
+  if count <= 0:
+    raise _error(f"--count must be positive, got {count}.")
+  run, state, step = _restore(workdir, best)
+  split, ds = run.dataset.eval, run.dataset
+  index = np.arange(image_index, min(image_index + count, len(split)))
+  if len(index) == 0:
+    raise _error(f"--image_index {image_index} is outside the {len(split)} evaluation "
+                 "images.")
+  images = pipeline.normalize_np(split.x[index], ds.mean, ds.std)
+  predictions = segmentation.predict(run, state, images)
+  fig = segmentation_figure(split.x[index], split.y[index], predictions, ds.num_classes,
+                            f"{run.config.model.name} after {step} steps ({ds.name})")
+  return save(fig, out)
+
+
+def draw_detection(workdir, out="detection.png", *, count: int = 8, image_index: int = 0,
+                   min_score: float = 0.5, best: bool = False) -> pathlib.Path:
+  """True and predicted boxes of a detection run on `count` test canvases."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from cnn import config as config_lib, tasks  # pylint: disable=import-outside-toplevel
+  from cnn.data import pipeline  # pylint: disable=import-outside-toplevel
+  task_name = config_lib.load_saved(workdir).task
+  if task_name != "detection":
+    raise _error(f"{workdir} is not a detection run (task {task_name!r}); train "
+                 "experiments/detection_digits.py.")
+  if count <= 0:
+    raise _error(f"--count must be positive, got {count}.")
+  run, state, step = _restore(workdir, best)
+  split, ds = run.dataset.eval, run.dataset
+  index = np.arange(image_index, min(image_index + count, len(split)))
+  if len(index) == 0:
+    raise _error(f"--image_index {image_index} is outside the {len(split)} evaluation "
+                 "images.")
+  task = tasks.get("detection")
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  images = pipeline.normalize_np(split.x[index], ds.mean, ds.std)
+  detections = np.asarray(jax.jit(lambda v, x: task.predict(run.model, v, x))(
+      variables, images))
+  fig = detection_figure(
+      split.x[index], split.y[index], detections,
+      f"{run.config.model.name} after {step} steps on test canvases ({ds.name})\n"
+      f"dashed: truth; solid: detections scoring >= {min_score:g}", min_score)
+  return save(fig, out)

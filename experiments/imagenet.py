@@ -21,6 +21,8 @@ from cnn import config as config_lib
 from cnn.errors import ConfigError
 
 IMAGES_PER_EPOCH = 1_281_167
+PRESETS = ("", "alexnet", "zfnet", "vgg11", "vgg13", "vgg16", "vgg19", "googlenet",
+           *(f"resnet{d}" for d in (18, 34, 50, 101, 152)), "plain18", "plain34")
 
 
 def _epochs(n: float, batch: int) -> int:

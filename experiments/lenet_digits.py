@@ -8,6 +8,9 @@ set within 400 steps, so training uses random shifts of up to 2 pixels
 """
 from cnn import config as config_lib
 
+# No named presets: cnn.config.load refuses ':anything'.
+PRESETS = ("",)
+
 
 def get_config(preset: str = ""):
   del preset

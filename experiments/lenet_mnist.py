@@ -14,6 +14,9 @@ from cnn import config as config_lib
 STEPS_PER_EPOCH = 60000 // 128
 
 
+PRESETS = ("", "classic")   # "": LeNet-5 with ReLU and max pooling
+
+
 def get_config(preset: str = ""):
   c = config_lib.defaults()
   c.model.name = "lenet5_classic" if preset == "classic" else "lenet5"

@@ -12,6 +12,9 @@ Presets: resnet20/32/44/56/110/1202 and plain20/32/44/56/110; default resnet20.
 """
 from cnn import config as config_lib
 
+PRESETS = ("", *(f"resnet{d}" for d in (20, 32, 44, 56, 110, 1202)),
+           *(f"plain{d}" for d in (20, 32, 44, 56, 110)))
+
 
 def get_config(preset: str = "resnet20"):
   preset = preset or "resnet20"

@@ -1,6 +1,6 @@
 """U-Net on the Oxford-IIIT Pets trimaps (pet, background, border), from TFDS.
 
-    python -m cnn.segmentation --config experiments/segmentation_pets.py --workdir runs/pets
+    python -m scripts.train --config experiments/segmentation_pets.py --workdir runs/pets
 
 Needs the dataset prepared once in array_record format (a network and TensorFlow):
 ``tfds build oxford_iiit_pet --file_format=array_record``; then point data.data_dir
@@ -11,12 +11,19 @@ together. Preset ``fcn8s``: FCN-8s with a full-width VGG-16 backbone.
 """
 import ml_collections
 
-from cnn import segmentation
+from cnn import config as config_lib
 from cnn.errors import unknown_choice
 
 
+PRESETS = ("", "fcn8s")
+
+
 def get_config(preset: str = ""):
-  c = segmentation.defaults()
+  c = config_lib.defaults()
+  c.task = "segmentation"            # per-pixel loss, FCN's metrics (cnn/tasks.py)
+  c.train.best_metric = "eval_mean_iou"
+  c.train.best_mode = "max"
+  c.model = ml_collections.ConfigDict({"name": "unet"})
   c.data.source = "tfds:oxford_iiit_pet"
   c.data.image_size = (128, 128)
   c.data.augment = "flip"

@@ -19,7 +19,7 @@ The peak memory is the process's (both contenders with ``--conv_impl all``).
 Run-to-run noise on a shared CPU is +-10-15 %, so comparisons are made inside one
 process with the contenders' windows alternated A/B/A/B: ``--conv_impl all`` for
 XLA's convolution against "gemm" (`cnn.conv_gemm`), ``--vs torch`` against the same
-network in PyTorch (`scripts/torch_reference.py`, run in a subprocess that times a
+network in PyTorch (`benchmarks/torch_reference.py`, run in a subprocess that times a
 window whenever it is told to). Ratios are per adjacent pair, then the median.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ from cnn import conv, models
 from cnn.errors import ConfigError, exit_on_user_error
 
 CONV_IMPLS = ("xla", "gemm", "auto", "all")
-# The models scripts/torch_reference.py rebuilds in PyTorch.
+# The models benchmarks/torch_reference.py rebuilds in PyTorch.
 TORCH_MODELS = ("lenet5", "plain20", "plain56", "resnet20", "resnet32", "resnet44",
                 "resnet56")
 # The pair `--conv_impl all` alternates.
@@ -145,7 +145,7 @@ class JaxRunner:
 # ----------------------------------------------------------------------------------
 
 class TorchRunner:
-  """scripts/torch_reference.py in a subprocess: one timed window per request."""
+  """benchmarks/torch_reference.py in a subprocess: one timed window per request."""
 
   def __init__(self, model_name: str, batch: int, steps: int, threads: int):
     if model_name not in TORCH_MODELS:
@@ -156,7 +156,7 @@ class TorchRunner:
       raise ConfigError(
           "--vs torch needs PyTorch, which is not installed; install it with "
           "`pip install torch==2.13.0` (CPU wheel) or leave out --vs torch.")
-    cmd = [sys.executable, "-m", "scripts.torch_reference", "--model", model_name,
+    cmd = [sys.executable, "-m", "benchmarks.torch_reference", "--model", model_name,
            "--batch", str(batch), "--steps", str(steps), "--threads", str(threads),
            "--serve"]
     # OpenMP threads that spin while waiting collapse PyTorch's throughput 5-10x when

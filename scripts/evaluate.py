@@ -1,23 +1,24 @@
-"""Evaluate a run's checkpoint on its evaluation split: top-1 and top-5 error.
+"""Evaluate a run's checkpoint on its evaluation split with its task's scores
+(classification: loss, top-1/top-5 error; segmentation: mean IoU, pixel accuracy, ...).
 
-    python -m scripts.evaluate --workdir runs/lenet [--best] [--split test]
+    python -m scripts.evaluate --workdir runs/lenet [--best]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
 
-from cnn.errors import ConfigError, exit_on_user_error
+from cnn import cli
+from cnn.errors import exit_on_user_error
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m scripts.evaluate", description=__doc__)
-  parser.add_argument("--workdir", required=True)
+  parser = cli.parser("scripts.evaluate", __doc__)
+  parser.add_argument("--workdir", required=True, help="a trained run's workdir")
   parser.add_argument("--best", action="store_true",
                       help="use the best checkpoint instead of the latest")
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  args, _ = cli.parse(parser, argv, overrides=False)
   with exit_on_user_error():
     from cnn import evaluation
     result = evaluation.evaluate_workdir(pathlib.Path(args.workdir), best=args.best)

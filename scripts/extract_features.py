@@ -13,37 +13,35 @@ Images of --source are normalised with the run's own statistics.
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 from typing import Optional, Sequence
 
 import numpy as np
 
+from cnn import cli
 from cnn.errors import exit_on_user_error
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m scripts.extract_features",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.parser("scripts.extract_features", __doc__)
   parser.add_argument("--workdir", required=True, help="a trained run's workdir")
   parser.add_argument("--out", required=True, help="the .npz to write")
   parser.add_argument("--split", default="eval", choices=("train", "eval", "test"))
   parser.add_argument("--source", default=None,
                       help="another cnn.data source to embed (default: the run's data)")
-  parser.add_argument("--data-dir", default=None)
+  parser.add_argument("--data_dir", default=None)
   parser.add_argument("--layer", default=None,
                       help="a module path (default: the head's input, the penultimate "
                            "features)")
   parser.add_argument("--input", action="store_true",
                       help="with --layer: that module's input instead of its output")
   parser.add_argument("--best", action="store_true", help="the best checkpoint")
-  parser.add_argument("--batch-size", type=int, default=256)
-  args = parser.parse_args(argv)
+  parser.add_argument("--batch_size", type=int, default=256)
+  args, _ = cli.parse(parser, argv, overrides=False)
   with exit_on_user_error():
-    from cnn import transfer  # pylint: disable=import-outside-toplevel
-    result = transfer.extract_features(
+    from cnn import evaluation  # pylint: disable=import-outside-toplevel
+    result = evaluation.extract_features(
         args.workdir, split=args.split, source=args.source, data_dir=args.data_dir,
         layer=args.layer, what="input" if args.input else "output", best=args.best,
         batch_size=args.batch_size)

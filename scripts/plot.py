@@ -1,174 +1,48 @@
-"""He et al. (2016) Fig. 6 from a degradation sweep, and per-stage gradient norms.
+"""Training curves of any runs: workdirs, or sweep roots (folders of workdirs).
 
-    python -m scripts.plot runs/degradation --out docs/degradation/fig6
+    python -m scripts.plot runs/a runs/b --metric train_loss --out fig.png
+    python -m scripts.plot runs/degradation --metric train_top1_error,eval_top1_error \
+        --mean_seeds --out runs/degradation/errors.pdf
 
-Writes <out>.png and <out>.pdf: left panel the plain nets, right panel the ResNets, one
-colour per depth, training error dashed (the logged train_top1_error: augmented batches
-in train mode, averaged over each logging window) and evaluation error solid
-(eval_top1_error: test, or validation for runs with data.validation_size), against
-iterations, as in the paper's figure; dotted vertical lines mark the learning-rate drops. Also <out dir>/grad_norms.png (and .pdf):
-the gradient norm of each stage (grad_norm/stage1..3, plus the stem conv1 and the
-head) of the plain net and the ResNet of one depth (--grad_depth, default the
-deepest that both families have), the "why plain nets degrade" view.
+One panel per metric of metrics.jsonl (--metric, comma-separated; an unknown one is
+refused with the list of logged ones), one line per run against the step, labelled
+with the run's folder (and its parents where two runs share a name). --mean_seeds
+draws one line per setting: the mean over the runs whose configs differ only in the
+seed. A study's own figures live with the study (e.g. python -m
+experiments.degradation.plot for He et al.'s Fig. 6).
 """
 from __future__ import annotations
 
-import argparse
-import pathlib
 import sys
+from typing import Optional, Sequence
 
+from cnn import cli
 from cnn.errors import ConfigError, exit_on_user_error
 
-# One colour per depth, the same in both panels.
-DEPTH_COLORS = {20: "tab:orange", 32: "tab:blue", 44: "tab:green", 56: "tab:red",
-                110: "tab:purple", 18: "tab:orange", 34: "tab:red"}
-GRAD_PANELS = ("conv1", "stage1", "stage2", "stage3", "stage4", "head")
 
-
-def _color(depth: int, i: int) -> str:
-  return DEPTH_COLORS.get(depth, f"C{i % 10}")
-
-
-def _mean_curve(runs, key):
-  """(steps, mean over seeds) of a metric at the steps every seed logged."""
-  from cnn import report
-  per_run = [dict(zip(*report.series(r, key))) for r in runs]
-  per_run = [p for p in per_run if p]
-  if not per_run:
-    return [], []
-  steps = sorted(set.intersection(*(set(p) for p in per_run)))
-  return steps, [sum(p[s] for p in per_run) / len(per_run) for s in steps]
-
-
-def _lr_drops(runs) -> list[int]:
-  """The piecewise schedule's boundaries, when all `runs` share them (dotted lines)."""
-  found = {tuple(r.config.get("schedule", {}).get("boundaries", []) or ())
-           for r in runs if r.config.get("schedule", {}).get("name") == "piecewise"}
-  return list(found.pop()) if len(found) == 1 else []
-
-
-def plot_fig6(runs, out: pathlib.Path, *, title: str = "") -> list[pathlib.Path]:
-  """Fig. 6: plain | ResNet panels; writes <out>.png and <out>.pdf."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from matplotlib.lines import Line2D
-  from cnn import report
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-  top = 0.0
-  for ax, family in zip(axes, report.FAMILIES):
-    members = [r for r in runs if r.family == family]
-    depths = sorted({r.depth for r in members})
-    for i, depth in enumerate(depths):
-      group = [r for r in members if r.depth == depth and r.rows]
-      if not group:
-        continue
-      color = _color(depth, i)
-      n = f" ({len(group)} seeds)" if len(group) > 1 else ""
-      steps, values = _mean_curve(group, "train_top1_error")
-      ax.plot(steps, [100 * v for v in values], "--", color=color, linewidth=1.0)
-      top = max([top] + [100 * v for v in values])
-      steps, values = _mean_curve(group, "eval_top1_error")
-      ax.plot(steps, [100 * v for v in values], "-", color=color, linewidth=1.8,
-              marker="o" if len(steps) < 30 else None, markersize=3,
-              label=f"{report.LABELS[family]}-{depth}{n}")
-      top = max([top] + [100 * v for v in values])
-    for boundary in _lr_drops(members):
-      ax.axvline(boundary, color="grey", linestyle=":", linewidth=0.8)
-    ax.set_title(report.GROUPS[family] if members else f"{report.GROUPS[family]} (no runs)")
-    ax.set_xlabel("iterations")
-    ax.grid(alpha=0.3)
-  evals = "validation" if report.evaluates_on_validation(runs) else "test"
-  for ax in axes:
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:   # the line styles once more, in black, under the depths
-      handles += [Line2D([], [], color="black", linestyle="--", linewidth=1.0),
-                  Line2D([], [], color="black", linestyle="-", linewidth=1.8)]
-      labels += ["training", evals]
-      ax.legend(handles, labels, loc="best", fontsize=8)
-  axes[0].set_ylabel(f"error (%): dashed training, solid {evals}")
-  axes[0].set_ylim(0, min(100, max(20, top * 1.05)))
-  fig.suptitle(title or "Plain vs residual nets on CIFAR-10 (He et al. 2016, Fig. 6)")
-  fig.tight_layout()
-  return _save(fig, out)
-
-
-def plot_grad_norms(runs, out: pathlib.Path, depth: int) -> list[pathlib.Path]:
-  """Per-stage gradient norms of plain-`depth` vs ResNet-`depth` (mean over seeds)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from cnn import report
-  pair = {f: [r for r in runs if r.family == f and r.depth == depth]
-          for f in report.FAMILIES}
-  logged = {k.split("/", 1)[1] for f in pair for r in pair[f] for row in r.rows
-            for k in row if k.startswith("grad_norm/")}
-  panels = [p for p in GRAD_PANELS if p in logged]
-  if not panels:
-    raise ConfigError(f"The depth-{depth} runs logged no per-stage gradient norms; train "
-                      "them with --config.train.log_grad_norms=True.")
-  fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.4), sharey=True)
-  axes = list(axes) if len(panels) > 1 else [axes]
-  for ax, panel in zip(axes, panels):
-    for family, style in (("plain", "--"), ("resnet", "-")):
-      steps, values = _mean_curve(pair[family], f"grad_norm/{panel}")
-      if steps:
-        ax.plot(steps, values, style, color="tab:red" if family == "plain" else
-                "tab:blue", label=f"{report.LABELS[family]}-{depth}")
-    ax.set_yscale("log")
-    ax.set_title(panel)
-    ax.set_xlabel("iterations")
-    ax.grid(alpha=0.3, which="both")
-  axes[0].set_ylabel("gradient norm (L2, mean over log window)")
-  axes[0].legend(fontsize=8)
-  fig.suptitle(f"Gradient norm per stage, plain-{depth} vs ResNet-{depth}")
-  fig.tight_layout()
-  return _save(fig, out)
-
-
-def _save(fig, out: pathlib.Path) -> list[pathlib.Path]:
-  import matplotlib.pyplot as plt
-  out.parent.mkdir(parents=True, exist_ok=True)
-  paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
-  fig.savefig(paths[0], dpi=150)
-  fig.savefig(paths[1])
-  plt.close(fig)
-  return paths
-
-
-def default_grad_depth(runs) -> int:
-  both = ({r.depth for r in runs if r.family == "plain"} &
-          {r.depth for r in runs if r.family == "resnet"})
-  if not both:
-    raise ConfigError("No depth has both a plain and a residual run; the gradient-norm "
-                      "figure compares the two (pass --no_grad to skip it).")
-  return max(both)
-
-
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m scripts.plot", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("root", help="the sweep's root folder (one workdir per run)")
-  parser.add_argument("--out", default=None,
-                      help="output path without extension (default <root>/fig6)")
-  parser.add_argument("--grad_depth", type=int, default=None,
-                      help="depth of the gradient-norm figure (default: deepest pair)")
-  parser.add_argument("--no_grad", action="store_true", help="skip the gradient figure")
+def build_parser():
+  parser = cli.parser("scripts.plot", __doc__)
+  parser.add_argument("paths", nargs="+", help="workdirs or sweep roots")
+  parser.add_argument("--metric", default="train_loss",
+                      help="metrics.jsonl keys, comma-separated (default %(default)s)")
+  parser.add_argument("--out", default="curves.png", help="a .png, .pdf or .svg file")
+  parser.add_argument("--mean_seeds", action="store_true",
+                      help="one line per setting: the mean over its seeds")
+  parser.add_argument("--log_y", action="store_true", help="logarithmic y axes")
   parser.add_argument("--title", default="")
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args, _ = cli.parse(build_parser(), argv, overrides=False)
   with exit_on_user_error():
-    from cnn import report
-    runs = [r for r in report.load_runs(args.root) if r.family in report.FAMILIES]
-    if not runs:
-      raise ConfigError(f"No plain or ResNet runs under {args.root}; pass the --root of "
-                        "a degradation sweep (folders with config.json and metrics.jsonl).")
-    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.root) / "fig6"
-    written = plot_fig6(runs, out, title=args.title)
-    if not args.no_grad:
-      depth = args.grad_depth or default_grad_depth(runs)
-      written += plot_grad_norms(runs, out.parent / "grad_norms", depth)
-  for path in written:
-    print(path)
+    from cnn import visualize  # pylint: disable=import-outside-toplevel
+    metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
+    if not metrics:
+      raise ConfigError("--metric names no metric; pass e.g. --metric train_loss.")
+    curves = visualize.runs_curves(args.paths, metrics, mean_seeds=args.mean_seeds)
+    fig = visualize.curves_figure(curves, metrics, log_y=args.log_y, title=args.title)
+    print(visualize.save(fig, args.out))
   return 0
 
 

@@ -13,30 +13,18 @@ one sentence and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import Optional, Sequence
 
+from cnn import cli
 from cnn import models
+from cnn.cli import parse_shape
 from cnn.errors import ConfigError, exit_on_user_error
 from cnn.summary import FORMATS, render, summarize_registered
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-  """'224,224,3' or '224x224x3' -> (224, 224, 3)."""
-  parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
-  if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
-    raise ConfigError(
-        f"Cannot read input shape {text!r}; give positive height,width,channels such "
-        "as 224,224,3.")
-  return tuple(int(p) for p in parts)
-
-
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="python -m scripts.summary",
-      description="Per-layer summary of a model: output shape, parameters, "
-                  "multiply-accumulates and activation memory per image.")
+  parser = cli.parser("scripts.summary", __doc__)
   parser.add_argument("model", help="a registered model name (e.g. vgg16, resnet50)")
   parser.add_argument("--input", default=None, metavar="H,W,C",
                       help="input shape per image (default: the model's registered one)")
@@ -48,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = build_parser().parse_args(argv)
+  args, _ = cli.parse(build_parser(), argv, overrides=False)
   with exit_on_user_error():
     info = models.info(args.model)
     shape = info.input_shape if args.input is None else parse_shape(args.input)

@@ -65,8 +65,8 @@ def test_seeds_in_one_program_match_separate_runs(tmp_path, monkeypatch, impl):
   """Model 1 of the stack (not the first: its data, augmentation and initialisation
   come from seed 1) ends where a separate seed-1 run ends. (Evaluation is off here to
   save compiling; the resume test below evaluates.)"""
-  results = multi.fit_multi([tiny(s, eval_every=0) for s in SEEDS],
-                            [tmp_path / f"m{s}" for s in SEEDS], impl=impl)
+  results = train.fit_group([tiny(s, eval_every=0) for s in SEEDS],
+                            [tmp_path / f"m{s}" for s in SEEDS], multi_impl=impl)
   assert [r["status"] for r in results] == ["done"] * len(SEEDS)
   from cnn import sharding
   original = sharding.make_mesh   # separate runs on one device, as fit_multi runs
@@ -95,9 +95,9 @@ def test_refuses_groups_that_differ_beyond_the_seed(tmp_path):
   other = tiny(1)
   other.optim.learning_rate = 0.1
   with pytest.raises(ConfigError, match="optim.learning_rate differ"):
-    multi.fit_multi([tiny(0), other], [tmp_path / "a", tmp_path / "b"])
+    train.fit_group([tiny(0), other], [tmp_path / "a", tmp_path / "b"])
   with pytest.raises(ConfigError, match="its own seed"):
-    multi.fit_multi([tiny(0), tiny(0)], [tmp_path / "a", tmp_path / "b"])
+    train.fit_group([tiny(0), tiny(0)], [tmp_path / "a", tmp_path / "b"])
   with pytest.raises(ConfigError, match="Unknown multi-model implementation 'pmap'"):
     multi.resolve_impl("pmap")
   # "auto" unrolls on CPU, where vmap's grouped convolutions are slow.
@@ -138,13 +138,13 @@ def test_sweep_vmap_seeds_resumes_an_interrupted_group(tmp_path, capsys):
   spec = tmp_path / "tiny_multi.py"
   spec.write_text(SPEC)
   root = tmp_path / "runs"
-  whole = multi.fit_multi([tiny(0), tiny(1)], [tmp_path / "w0", tmp_path / "w1"],
-                          impl="vmap")
-  part = multi.fit_multi([tiny(0), tiny(1)], [root / "s0", root / "s1"], stop_after=2,
-                         impl="vmap")
+  whole = train.fit_group([tiny(0), tiny(1)], [tmp_path / "w0", tmp_path / "w1"],
+                          multi_impl="vmap")
+  part = train.fit_group([tiny(0), tiny(1)], [root / "s0", root / "s1"], stop_after=2,
+                         multi_impl="vmap")
   assert [r["status"] for r in part] == ["preempted"] * 2
   capsys.readouterr()
-  assert sweep_script.main([str(spec), "--root", str(root), "--vmap_seeds",
+  assert sweep_script.main(["--config", str(spec), "--root", str(root), "--vmap_seeds",
                             "--multi_impl", "vmap"]) == 0
   captured = capsys.readouterr()
   assert captured.err.count("resumed from step 2") == 2

@@ -1,12 +1,14 @@
-"""scripts/plot.py and scripts/report.py on synthetic sweeps (hand-checked numbers)."""
+"""The degradation study's analysis, figure and report (experiments/degradation/) and
+the library's run reading (cnn/runs.py) on synthetic sweeps (hand-checked numbers)."""
 import json
 import pathlib
 
 import pytest
 
-from cnn import report
-from scripts import plot as plot_script
-from scripts import report as report_script
+from cnn import runs as runs_lib
+from experiments.degradation import analysis
+from experiments.degradation import plot as plot_script
+from experiments.degradation import report as report_script
 
 STEPS = 1000
 
@@ -62,15 +64,15 @@ def degradation_sweep(root, plain_train, resnet_train):
 def test_final_errors_and_table_by_hand(tmp_path):
   root = degradation_sweep(tmp_path, plain_train=(0.10, 0.20, 0.30),
                            resnet_train=(0.09, 0.08, 0.07))
-  runs = report.load_runs(root)
+  runs = analysis.load_runs(root)
   assert len(runs) == 12
   # plain20 seed 0: windows ending at 975 (0.09) and 1000 (0.11) lie in the last 5 %
   # of 1000 steps (after step 950): (0.09 + 0.11) / 2 = 0.10.
   p20 = next(r for r in runs if r.name == "plain20_s0")
-  assert report.final_train_error(p20) == pytest.approx(0.10)
-  assert report.final_eval_error(p20) == pytest.approx(0.20)
-  assert report.final_test_error(p20) == pytest.approx(0.20)   # evaluated on test
-  cells = {(c.family, c.depth): c for c in report.summarize(runs)}
+  assert analysis.final_train_error(p20) == pytest.approx(0.10)
+  assert analysis.final_eval_error(p20) == pytest.approx(0.20)
+  assert analysis.final_test_error(p20) == pytest.approx(0.20)   # evaluated on test
+  cells = {(c.family, c.depth): c for c in analysis.summarize(runs)}
   # Seeds 0.10 and 0.14: mean 0.12, sample std sqrt(2 * 0.02^2 / 1) = 0.028284.
   assert cells["plain", 20].train[0] == pytest.approx(0.12)
   assert cells["plain", 20].train[1] == pytest.approx(0.028284, abs=1e-6)
@@ -85,7 +87,7 @@ def test_final_errors_and_table_by_hand(tmp_path):
 def test_verdict_when_the_degradation_holds(tmp_path):
   root = degradation_sweep(tmp_path, plain_train=(0.10, 0.20, 0.30),
                            resnet_train=(0.09, 0.08, 0.07))
-  sentences = report.verdict(report.summarize(report.load_runs(root)), "train")
+  sentences = analysis.verdict(analysis.summarize(analysis.load_runs(root)), "train")
   assert "the degradation problem holds" in sentences[0]
   assert "deeper residual nets are better" in sentences[1]
   assert "At every depth the ResNet has the lower" in sentences[2]
@@ -94,7 +96,7 @@ def test_verdict_when_the_degradation_holds(tmp_path):
 def test_verdict_when_it_does_not(tmp_path):
   root = degradation_sweep(tmp_path, plain_train=(0.30, 0.20, 0.10),
                            resnet_train=(0.07, 0.08, 0.09))
-  sentences = report.verdict(report.summarize(report.load_runs(root)), "train")
+  sentences = analysis.verdict(analysis.summarize(analysis.load_runs(root)), "train")
   assert "falls with every step in depth" in sentences[0]
   assert "no degradation is visible here" in sentences[0]
   assert "the opposite of the paper's 'deeper is better' ordering" in sentences[1]
@@ -106,7 +108,7 @@ def test_verdict_when_neither_ordering_nor_its_reverse(tmp_path):
   # plain 0.30, 0.35, 0.30 (56 == 20); resnet 0.08, 0.07, 0.08: neither direction.
   root = degradation_sweep(tmp_path, plain_train=(0.30, 0.35, 0.30),
                            resnet_train=(0.08, 0.07, 0.08))
-  sentences = report.verdict(report.summarize(report.load_runs(root)), "train")
+  sentences = analysis.verdict(analysis.summarize(analysis.load_runs(root)), "train")
   assert "does not have a higher training error" in sentences[0]
   assert "does not show here" in sentences[1]
 
@@ -115,7 +117,7 @@ def test_verdict_partial_ordering(tmp_path):
   # plain: 20 -> 32 falls, 32 -> 56 rises, 56 above 20 by 0.05: partly.
   root = degradation_sweep(tmp_path, plain_train=(0.20, 0.15, 0.25),
                            resnet_train=(0.09, 0.10, 0.07))
-  sentences = report.verdict(report.summarize(report.load_runs(root)), "train")
+  sentences = analysis.verdict(analysis.summarize(analysis.load_runs(root)), "train")
   assert "by 5.00 points" in sentences[0] and "only partly" in sentences[0]
   assert "by 2.00 points" in sentences[1] and "only partly" in sentences[1]
 
@@ -125,7 +127,7 @@ def test_validation_runs_report_test_json(tmp_path):
             validation=True, test=0.42)
   write_run(tmp_path, "resnet20", 0, train_end=(0.2, 0.2), eval_end=0.30,
             validation=True, done=False)
-  runs = report.load_runs(tmp_path)
+  runs = analysis.load_runs(tmp_path)
   text = report_script.render(runs, str(tmp_path))
   assert "| plain-20 | 1 (1) | 1000 | 30.00 | 40.00 | 42.00 | (only plotted) |" in text
   # No test.json: the validation error is not passed off as test error.
@@ -134,10 +136,10 @@ def test_validation_runs_report_test_json(tmp_path):
 
 
 def test_cifar_resnet_names_are_read():
-  assert report.family_depth({"model": {"name": "cifar_resnet", "depth": 44,
+  assert analysis.family_depth({"model": {"name": "cifar_resnet", "depth": 44,
                                         "residual": False}}) == ("plain", 44)
-  assert report.family_depth({"model": {"name": "resnet110"}}) == ("resnet", 110)
-  assert report.family_depth({"model": {"name": "lenet5"}}) == (None, None)
+  assert analysis.family_depth({"model": {"name": "resnet110"}}) == ("resnet", 110)
+  assert analysis.family_depth({"model": {"name": "lenet5"}}) == (None, None)
 
 
 def test_plot_writes_png_and_pdf(tmp_path, capsys):
@@ -170,7 +172,7 @@ def test_imagenet_runs_are_compared_with_table2(tmp_path):
     config = json.loads((workdir / "config.json").read_text())
     config["data"]["source"] = "tfds:imagenet2012"
     (workdir / "config.json").write_text(json.dumps(config))
-  text = report_script.render(report.load_runs(tmp_path), str(tmp_path))
+  text = report_script.render(analysis.load_runs(tmp_path), str(tmp_path))
   # He et al. Table 2: plain-18 27.94, plain-34 28.54, ResNet-18 27.88, ResNet-34 25.03.
   assert "paper top-1 error % (Table 2)" in text
   assert "| plain-34 | 1 (1) | 1000 | 31.00 | 31.00 | 28.54 |" in text
@@ -187,4 +189,24 @@ def test_final_training_error_uses_at_least_two_windows(tmp_path):
   rows = [{"step": s, "train_top1_error": 0.5} for s in range(10, 181, 10)]
   rows += [{"step": 190, "train_top1_error": 0.40}, {"step": 200, "train_top1_error": 0.30}]
   (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  assert report.final_train_error(report.read_run(workdir)) == pytest.approx(0.35)
+  assert analysis.final_train_error(analysis.read_run(workdir)) == pytest.approx(0.35)
+
+
+def test_library_reads_any_runs_and_means_over_seeds(tmp_path):
+  """cnn.runs knows no study: a sweep root and a lone workdir load alike, and the
+  seeds of one setting are grouped and averaged."""
+  root = degradation_sweep(tmp_path / "sweep", plain_train=(0.10, 0.20, 0.30),
+                           resnet_train=(0.09, 0.08, 0.07))
+  lone = write_run(tmp_path / "other", "lenet5", 0, train_end=(0.5, 0.5), eval_end=0.6)
+  found = runs_lib.load([root, lone])
+  assert len(found) == 13 and found[-1].name == "lenet5_s0"
+  assert runs_lib.last_value(found[-1], "eval_top1_error") == pytest.approx(0.6)
+  groups = runs_lib.group(found)
+  assert [len(g) for g in groups] == [2] * 6 + [1]      # two seeds per setting
+  p20 = [r for r in found if r.name.startswith("plain20_")]
+  means = [runs_lib.final_window_mean(r, "train_top1_error") for r in p20]
+  assert runs_lib.mean_std(means) == pytest.approx((0.12, 0.028284), abs=1e-6)
+  steps, values = runs_lib.mean_curve(p20, "eval_top1_error")
+  assert steps == [500, 1000] and values == pytest.approx([0.7, 0.22])
+  table = runs_lib.table(p20, ["eval_top1_error"], mean_seeds=True, percent=True)
+  assert "| 2 (2) | 1000 | 22 ± 2.8 |" in table

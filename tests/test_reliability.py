@@ -3,7 +3,7 @@ checkpoint, and nothing a typo can do costs a run.
 
 * SIGKILL at random moments (mid-step, mid-checkpoint-write) and SIGTERM, each followed
   by a restart, give a run that is bit for bit the uninterrupted one
-  (scripts/resume_harness.py does the killing); SIGTERM checkpoints and exits 0; with
+  (benchmarks/resume_harness.py does the killing); SIGTERM checkpoints and exits 0; with
   keep_checkpoints=1 the older checkpoint survives a killed write.
 * A checkpoint written on 8 devices continues on 1 and the other way round.
 * A corrupt or half-written latest checkpoint is reported in one line and the previous
@@ -36,7 +36,7 @@ from cnn import checkpoint as ckpt_lib
 from cnn import config as config_lib
 from cnn import evaluation
 from cnn import train
-from scripts import resume_harness as harness
+from benchmarks import resume_harness as harness
 from scripts import train as train_cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

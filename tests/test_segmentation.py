@@ -8,6 +8,7 @@ import pytest
 
 from cnn import config as config_lib
 from cnn import segmentation
+from cnn import train
 from cnn.errors import ConfigError
 
 # A 3x3 label map with one ignored pixel, and a prediction (classes 0, 1, 2).
@@ -100,7 +101,7 @@ def test_canvas_is_deterministic_and_consistent():
 
 
 def tiny_config(**kw):
-  c = segmentation.defaults()
+  c = config_lib.load("experiments/segmentation_digits.py")
   c.data.source = "canvas:digits"
   c.model.width = 4
   c.model.depth = 2
@@ -113,10 +114,10 @@ def tiny_config(**kw):
   c.train.eval_batch_size = 16
   c.train.tensorboard = False
   c.train.quiet = True
-  c.segmentation.canvas_size = 32
-  c.segmentation.max_digits = 1
-  c.segmentation.train_size = 64
-  c.segmentation.test_size = 16
+  c.data.canvas.size = 32
+  c.data.canvas.max_digits = 1
+  c.data.canvas.train_size = 64
+  c.data.canvas.test_size = 16
   for key, value in kw.items():
     section, name = key.split("__")
     c[section][name] = value
@@ -124,24 +125,23 @@ def tiny_config(**kw):
 
 
 def test_a_few_unet_steps_reduce_the_loss_and_report_iou(tmp_path):
-  result = segmentation.fit(tiny_config(), tmp_path)
+  result = train.fit(tiny_config(), tmp_path)
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert rows[-1]["train_loss"] < rows[0]["train_loss"]
   assert 0.0 <= result["eval_mean_iou"] <= 1.0
-  assert len(result["eval_iou_per_class"]) == 11
+  assert len(result["eval_iou"]) == 11
   final = json.loads((tmp_path / "final.json").read_text())
   assert final["step"] == 8 and final["status"] == "done"
 
 
 def test_fcn8s_takes_a_training_step_on_the_canvas():
   import jax
-  from cnn import train
   c = tiny_config()
   c.model = type(c.model)({"name": "fcn8s", "width": 2})
-  run = segmentation.build_run(c)
+  run = train.build_run(c)
   state, shardings = train.init_state(run)
   before = jax.device_get(state.params["score_fr"]["kernel"])
-  step, _, data = segmentation.compile_steps(run, shardings)
+  step, _, data = train.compile_steps(run, shardings)
   state, metrics = step(state, *data)
   assert math.isfinite(float(metrics["loss"]))
   # score_fr starts at zero (Long et al. 2015, section 4.1) and moves with the update.
@@ -150,20 +150,68 @@ def test_fcn8s_takes_a_training_step_on_the_canvas():
 
 
 def test_config_mistakes_are_one_sentence():
-  with pytest.raises(ConfigError, match="segmentation.train_siz"):
-    config_lib.apply_override(tiny_config(), "--config.segmentation.train_siz=3")
+  with pytest.raises(ConfigError, match="data.canvas.train_siz"):
+    config_lib.apply_override(tiny_config(), "--config.data.canvas.train_siz=3")
   c = tiny_config()
   c.data.source = "digits"
   with pytest.raises(ConfigError, match="canvas"):
-    segmentation.build_run(c)
+    train.build_run(c)
   c = tiny_config()
-  c.segmentation.canvas_size = 16
+  c.data.canvas.size = 16
   with pytest.raises(ConfigError, match="do not fit a 16x16 canvas"):
-    segmentation.build_run(c)
+    train.build_run(c)
 
 
 def test_experiment_configs_load():
   for spec in ("experiments/segmentation_digits.py", "experiments/segmentation_digits.py:fcn8s",
                "experiments/segmentation_pets.py"):
     c = config_lib.load(spec)
-    segmentation.validate(c)
+    config_lib.validate(c)
+    assert c.task == "segmentation"
+
+
+TINY_OVERRIDES = ["--config.data.source=canvas:digits", "--config.model.width=4",
+                  "--config.train.batch_size=16", "--config.train.steps=4",
+                  "--config.train.log_every=2", "--config.train.eval_every=4",
+                  "--config.train.eval_batch_size=16", "--config.train.tensorboard=False",
+                  "--config.train.quiet=True", "--config.data.canvas.size=32",
+                  "--config.data.canvas.max_digits=1", "--config.data.canvas.train_size=64",
+                  "--config.data.canvas.test_size=16"]
+
+
+def test_segmentation_trains_and_evaluates_through_the_clis(tmp_path, capsys):
+  """scripts.train prints the task's summary (mean IoU) and metrics.jsonl holds it;
+  scripts.evaluate scores the saved checkpoint with the same metric, the same value."""
+  from scripts import evaluate as evaluate_cli, train as train_cli
+  spec = "experiments/segmentation_digits.py"
+  assert train_cli.main(["--config", spec, "--workdir", str(tmp_path), *TINY_OVERRIDES]) == 0
+  assert "mean IoU" in capsys.readouterr().out
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  logged = rows[-1]["eval_mean_iou"]
+  assert evaluate_cli.main(["--workdir", str(tmp_path)]) == 0
+  scored = json.loads(capsys.readouterr().out)
+  assert scored["step"] == 4
+  assert scored["mean_iou"] == pytest.approx(logged, abs=1e-6)
+  assert len(scored["iou"]) == 11
+
+
+def test_two_segmentation_seeds_in_one_program_score_each_model(tmp_path, monkeypatch):
+  """k seeds of a segmentation config in one program: each model's eval row is its
+  own (sliced from the stacked sums), equal to a separate one-device run's."""
+  configs = []
+  for seed in (0, 1):
+    c = tiny_config(train__steps=2, train__eval_every=2, train__log_every=2)
+    c.seed = seed
+    configs.append(c)
+  results = train.fit_group(configs, [tmp_path / "s0", tmp_path / "s1"],
+                            multi_impl="unroll")
+  assert [r["status"] for r in results] == ["done", "done"]
+  import jax
+  from cnn import sharding
+  original = sharding.make_mesh   # the stacked models run on one device
+  monkeypatch.setattr(sharding, "make_mesh",
+                      lambda mp=1, devices=None: original(mp, jax.devices()[:1]))
+  single = train.fit(configs[1], tmp_path / "alone")
+  for key in ("eval_loss", "eval_mean_iou", "eval_pixel_accuracy", "train_loss"):
+    assert results[1][key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
+  assert results[0]["eval_loss"] != pytest.approx(single["eval_loss"], rel=1e-3)

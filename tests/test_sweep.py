@@ -14,7 +14,7 @@ from cnn.errors import ConfigError
 from scripts import sweep as sweep_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DEGRADATION = str(REPO / "experiments" / "degradation.py")
+DEGRADATION = str(REPO / "experiments" / "degradation" / "config.py")
 
 TINY = """
 from cnn import config as config_lib
@@ -112,7 +112,8 @@ def test_dry_run_shows_done_partial_and_new(tmp_path, capsys):
   (root / "resnet20_s0").mkdir()
   (root / "resnet20_s0" / "config.json").write_text("{}")
   (root / "resnet20_s0" / "metrics.jsonl").write_text('{"step": 300}\n')
-  assert sweep_script.main([DEGRADATION + ":cpu", "--root", str(root), "--dry_run"]) == 0
+  assert sweep_script.main(["--config", DEGRADATION + ":cpu", "--root", str(root),
+                            "--dry_run"]) == 0
   out = capsys.readouterr().out.splitlines()
   assert out[1].split()[:3] == ["run", "status", "steps"]
   rows = {line.split()[0]: line.split() for line in out[2:-1]}
@@ -135,7 +136,8 @@ def test_bad_specs_exit_with_one_sentence(tmp_path, capsys, spec_suffix, sweep_e
                                           message):
   spec = DEGRADATION if sweep_expr is None else tiny_spec(tmp_path, sweep_expr)
   with pytest.raises(SystemExit) as e:
-    sweep_script.main([spec + spec_suffix, "--root", str(tmp_path / "r"), "--dry_run"])
+    sweep_script.main(["--config", spec + spec_suffix, "--root", str(tmp_path / "r"),
+                       "--dry_run"])
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert err.startswith("error: ") and message in err and err.count("\n") == 1
@@ -147,7 +149,7 @@ def test_file_without_get_sweep_and_only_without_match(tmp_path, capsys):
   for argv, message in (([str(plain)], "has no get_sweep"),
                         ([tiny_spec(tmp_path), "--only", "x*"], "matches no run")):
     with pytest.raises(SystemExit) as e:
-      sweep_script.main(argv + ["--root", str(tmp_path / "r"), "--dry_run"])
+      sweep_script.main(["--config", *argv, "--root", str(tmp_path / "r"), "--dry_run"])
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -156,7 +158,7 @@ def test_slurm_without_a_cluster_is_one_sentence(tmp_path, capsys):
   if shutil.which("srun"):
     pytest.skip("a SLURM cluster is here")
   with pytest.raises(SystemExit) as e:
-    sweep_script.main([tiny_spec(tmp_path), "--root", str(tmp_path / "r"),
+    sweep_script.main(["--config", tiny_spec(tmp_path), "--root", str(tmp_path / "r"),
                        "--executor", "slurm"])
   assert e.value.code == 2 and "needs a SLURM cluster" in capsys.readouterr().err
   assert not (tmp_path / "r").exists()      # refused before writing anything
@@ -172,7 +174,7 @@ def test_local_sweep_resumes_partial_and_skips_done(tmp_path, capsys):
   assert train.fit(_config(spec, 1), root / "s1", stop_after=2)["status"] == "preempted"
   assert sweep.run_status(root / "s1") == sweep.PARTIAL
   capsys.readouterr()
-  assert sweep_script.main([spec, "--root", str(root)]) == 0
+  assert sweep_script.main(["--config", spec, "--root", str(root)]) == 0
   captured = capsys.readouterr()
   assert "2 runs, 0 already done, 2 to train" in captured.out
   assert f"resumed from step 2 in {(root / 's1').resolve()}" in captured.err
@@ -185,7 +187,7 @@ def test_local_sweep_resumes_partial_and_skips_done(tmp_path, capsys):
   assert [r["name"] for r in listed] == ["s0", "s1"]
   assert listed[1]["command"].endswith("--config.seed=1")
   stamps = {n: (root / n / "final.json").stat().st_mtime_ns for n in ("s0", "s1")}
-  assert sweep_script.main([spec, "--root", str(root)]) == 0
+  assert sweep_script.main(["--config", spec, "--root", str(root)]) == 0
   assert "2 runs, 2 already done, 0 to train" in capsys.readouterr().out
   assert stamps == {n: (root / n / "final.json").stat().st_mtime_ns for n in ("s0", "s1")}
 
@@ -197,7 +199,8 @@ def test_submitit_local_executor_trains_a_run(tmp_path, capsys, monkeypatch):
   monkeypatch.setenv("SUBMITIT_LOG_LEVEL", "NOCONFIG")
   pytest.importorskip("submitit")
   spec, root = tiny_spec(tmp_path, 'sweep.product({"seed": [3]})'), tmp_path / "runs"
-  assert sweep_script.main([spec, "--root", str(root), "--executor", "submitit_local"]) == 0
+  assert sweep_script.main(["--config", spec, "--root", str(root),
+                            "--executor", "submitit_local"]) == 0
   out = capsys.readouterr().out
   assert "submitted s3: job" in out and "s3: done" in out
   assert json.loads((root / "s3" / "final.json").read_text())["step"] == 4
@@ -205,7 +208,7 @@ def test_submitit_local_executor_trains_a_run(tmp_path, capsys, monkeypatch):
 
 
 def test_imagenet_variant_pairs_plain_and_residual_18_34(tmp_path):
-  runs = sweep.plan(str(REPO / "experiments" / "degradation_imagenet.py"), tmp_path)
+  runs = sweep.plan(str(REPO / "experiments" / "degradation" / "imagenet.py"), tmp_path)
   assert [r.name for r in runs] == ["plain18_s0", "resnet18_s0", "plain34_s0",
                                     "resnet34_s0"]
   c = runs[0].config
@@ -222,3 +225,18 @@ def test_imagenet_variant_pairs_plain_and_residual_18_34(tmp_path):
                                                   jnp.zeros((1, 224, 224, 3)), train=False))
     return jax.tree.map(lambda x: x.shape, variables)
   assert shapes("plain34") == shapes("resnet34")
+
+
+def test_subprocess_executor_trains_each_run_in_a_fresh_process(tmp_path, capsys,
+                                                                monkeypatch):
+  """The executor runs ``python -m scripts.sweep --config ... --only <run>`` from the
+  repository root, whatever the current directory; the child's sweep.json merges with
+  the parent's."""
+  spec, root = tiny_spec(tmp_path, 'sweep.product({"seed": [5]})'), tmp_path / "runs"
+  monkeypatch.chdir(tmp_path)          # not the repository root
+  assert sweep_script.main(["--config", spec, "--root", str(root),
+                            "--executor", "subprocess"]) == 0
+  assert "s5: done" in capsys.readouterr().out
+  assert json.loads((root / "s5" / "final.json").read_text())["step"] == 4
+  assert [r["name"] for r in json.loads((root / "sweep.json").read_text())["runs"]] == [
+      "s5"]

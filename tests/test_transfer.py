@@ -228,8 +228,8 @@ def test_unknown_transfer_key_is_refused():
 
 
 def test_example_shards_hold_the_few_shot_task(tmp_path):
-  from scripts import finetune
-  counts = finetune.write_shards(tmp_path, "digits", [4], [0], data_dir=None)
+  from experiments.finetune import study
+  counts = study.write_shards(tmp_path, "digits", [4], [0], data_dir=None)
   with np.load(tmp_path / "data" / "few4-seed0-train.npz") as f:
     np.testing.assert_array_equal(np.bincount(f["y"]), [4, 4, 4, 4, 4])
   with np.load(tmp_path / "data" / "pretrain-train.npz") as f:

@@ -51,7 +51,7 @@ def test_filters_grid_of_lenet_conv1(lenet_run, tmp_path):
 def test_feature_maps_of_a_layer(lenet_run, tmp_path, layer, size):
   out = tmp_path / f"{layer}.png"
   assert cli.main(["features", "--workdir", str(lenet_run), "--layer", layer,
-                   "--image-index", "3", "--out", str(out)]) == 0
+                   "--image_index", "3", "--out", str(out)]) == 0
   _png(out, size)
 
 
@@ -87,7 +87,7 @@ def test_structure_diagram_and_markdown_of_lenet5(tmp_path):
 
 
 def test_segmentation_predictions_figure(tmp_path):
-  c = segmentation.defaults()
+  c = config_lib.load("experiments/segmentation_digits.py")
   c.data.source = "canvas:digits"
   # The programs of tests/test_segmentation.py's tiny run (shared compilation cache).
   c.model.width, c.model.depth = 4, 2
@@ -96,9 +96,9 @@ def test_segmentation_predictions_figure(tmp_path):
   c.train.log_every = c.train.eval_every = 2
   c.train.eval_batch_size = 16
   c.train.tensorboard, c.train.quiet = False, True
-  c.segmentation.canvas_size, c.segmentation.max_digits = 32, 1
-  c.segmentation.train_size, c.segmentation.test_size = 64, 16  # as test_segmentation
-  segmentation.fit(c, tmp_path / "seg")
+  c.data.canvas.size, c.data.canvas.max_digits = 32, 1
+  c.data.canvas.train_size, c.data.canvas.test_size = 64, 16  # as test_segmentation
+  train.fit(c, tmp_path / "seg")
   out = tmp_path / "seg.png"
   assert cli.main(["segmentation", "--workdir", str(tmp_path / "seg"), "--count", "2",
                    "--out", str(out)]) == 0

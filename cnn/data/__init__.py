@@ -13,10 +13,11 @@ See `sources` for the grammar of a source string, `pipeline` for the batch sched
 augmentations by name.
 """
 from cnn.data.augment import AUGMENTATIONS, HOST_AUGMENTATIONS
-from cnn.data.pipeline import (StreamingBatches, batch_indices, check_batch_size,
+from cnn.data.pipeline import (StreamingBatches, batch_indices,
                                eval_batches, eval_steps, make_eval_batch_fn,
                                make_train_batch_fn, normalize, permute, put_on_devices,
                                steps_per_epoch)
+from cnn.sharding import check_batch_size
 from cnn.data.sources import Dataset, Split, carve_validation, channel_stats, load
 
 __all__ = [

@@ -26,8 +26,9 @@ INK_FRACTION = 0.5           # a digit's pixel is labelled where ink >= half its
 
 def place_digits(digits: np.ndarray, classes: np.ndarray, count: int, *,
                  size: int = 64, min_digits: int = 1, max_digits: int = 3,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """`count` canvases (N, size, size, 1) uint8 and label maps (N, size, size) int32.
+                 seed: int = 0, return_counts: bool = False):
+  """`count` canvases (N, size, size, 1) uint8 and label maps (N, size, size) int32
+  (and, with `return_counts`, the number of digits on each canvas, (N,) int32).
 
   Each canvas holds between `min_digits` and `max_digits` digits drawn from `digits`
   (M, h, w) uint8 with classes `classes`, at random positions whose boxes do not
@@ -47,6 +48,7 @@ def place_digits(digits: np.ndarray, classes: np.ndarray, count: int, *,
   rng = np.random.default_rng(seed)
   images = np.zeros((count, size, size), np.uint8)
   labels = np.zeros((count, size, size), np.int32)
+  counts = np.zeros(count, np.int32)
   peak = digits.reshape(len(digits), -1).max(1)
   for i in range(count):
     boxes: list[tuple[int, int]] = []
@@ -56,6 +58,7 @@ def place_digits(digits: np.ndarray, classes: np.ndarray, count: int, *,
         if all(abs(top - t) >= h or abs(left - l) >= w for t, l in boxes):
           boxes.append((top, left))
           break
+    counts[i] = len(boxes)
     for top, left in boxes:
       j = rng.integers(len(digits))
       ink = digits[j]
@@ -63,6 +66,8 @@ def place_digits(digits: np.ndarray, classes: np.ndarray, count: int, *,
       images[i][window] = np.maximum(images[i][window], ink)
       on = ink.astype(np.float32) >= INK_FRACTION * max(int(peak[j]), 1)
       labels[i][window] = np.where(on, int(classes[j]) + 1, labels[i][window])
+  if return_counts:
+    return images[..., None], labels, counts
   return images[..., None], labels
 
 
@@ -101,21 +106,47 @@ def canvas_digits(kind: str, data_dir: Optional[str]):
           kind)
 
 
+# Image-level targets of the same canvases (deck 5's output heads).
+CANVAS_TARGETS = ("multilabel", "count")
+
+
+def canvas_targets(masks: np.ndarray, counts: np.ndarray, target: str) -> np.ndarray:
+  """Image-level labels of canvases from their label maps and digit counts:
+  "multilabel": which digit classes appear, (N, 10) int32 multi-hot; "count": how many
+  digits, (N,) int32."""
+  if target not in CANVAS_TARGETS:
+    raise unknown_choice("canvas target", target, CANVAS_TARGETS)
+  if target == "count":
+    return np.asarray(counts, np.int32)
+  return np.stack([(masks == c + 1).any(axis=(1, 2)) for c in range(10)],
+                  axis=1).astype(np.int32)
+
+
 def load_canvas(source: str = "canvas", *, size: int = 48, min_digits: int = 1,
                 max_digits: int = 3, train_size: int = 6000, test_size: int = 500,
-                seed: int = 0, data_dir: Optional[str] = None):
-  """The digit-canvas segmentation task as a cnn.data Dataset (11 classes)."""
+                seed: int = 0, data_dir: Optional[str] = None, target: str = "mask"):
+  """The digit canvases as a cnn.data Dataset. `target` "mask": per-pixel label maps
+  (segmentation, 11 classes); "multilabel" or "count": image-level labels of the same
+  canvases (`canvas_targets`)."""
   from cnn.data import sources  # pylint: disable=import-outside-toplevel
   if source not in CANVAS_SOURCES:
     raise unknown_choice("canvas source", source, CANVAS_SOURCES)
+  if target != "mask" and target not in CANVAS_TARGETS:
+    raise unknown_choice("canvas target", target, ("mask", *CANVAS_TARGETS))
   for what, n in (("train_size", train_size), ("test_size", test_size)):
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
       raise ConfigError(f"data.canvas.{what} must be a positive int, got {n!r}.")
   tx, ty, vx, vy, name = canvas_digits(source, data_dir)
-  kw = dict(size=size, min_digits=min_digits, max_digits=max_digits)
+  kw = dict(size=size, min_digits=min_digits, max_digits=max_digits, return_counts=True)
+  splits = []
   # Separate streams so the test canvases do not change with train_size.
-  train = sources.Split(*place_digits(tx, ty, train_size, seed=seed * 2 + 0, **kw))
-  test = sources.Split(*place_digits(vx, vy, test_size, seed=seed * 2 + 1, **kw))
-  mean, std = sources.channel_stats(train)
-  return sources.Dataset(name=name, train=train, eval=test, test=test, num_classes=11,
-                          mean=mean, std=std, task="segmentation")
+  for digits, classes, n, stream in ((tx, ty, train_size, 0), (vx, vy, test_size, 1)):
+    images, masks, counts = place_digits(digits, classes, n, seed=seed * 2 + stream, **kw)
+    labels = masks if target == "mask" else canvas_targets(masks, counts, target)
+    splits.append(sources.Split(images, labels))
+  mean, std = sources.channel_stats(splits[0])
+  classes = {"mask": 11, "multilabel": 10, "count": 1}[target]
+  task = {"mask": "segmentation", "multilabel": "multilabel", "count": "regression"}[target]
+  return sources.Dataset(name=name if target == "mask" else f"{name} ({target})",
+                         train=splits[0], eval=splits[1], test=splits[1],
+                         num_classes=classes, mean=mean, std=std, task=task)

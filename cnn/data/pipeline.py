@@ -33,6 +33,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from cnn import sharding
 from cnn.data import augment as augment_lib
 from cnn.data.sources import Split
 from cnn.errors import ConfigError
@@ -147,6 +148,12 @@ def _check_stats(channels: int, mean, std) -> None:
           f"pass the dataset's per-channel {what} (Dataset.{what}).")
 
 
+def is_mask(targets, images) -> bool:
+  """Whether `targets` are per-pixel masks of `images` (so a crop must move them too)
+  rather than per-example labels, such as (N, boxes, 5) detection rows."""
+  return targets.ndim == 3 and tuple(targets.shape[1:3]) == tuple(images.shape[1:3])
+
+
 def make_train_batch_fn(num_examples: int, batch_size: int, *, augment: str, mean, std,
                         seed: int, out_size: Optional[Sequence[int]] = None,
                         sharding: Optional[jax.sharding.Sharding] = None):
@@ -177,7 +184,7 @@ def make_train_batch_fn(num_examples: int, batch_size: int, *, augment: str, mea
     images = normalize(jnp.take(images_u8, index, axis=0), mean, std)
     targets = jnp.take(labels, index, axis=0).astype(jnp.int32)
     size = tuple(out_size) if out_size is not None else images.shape[1:3]
-    masks = targets if targets.ndim == 3 else None
+    masks = targets if is_mask(targets, images) else None
     images, masks = aug(augment_key(key, step), images, masks, size)
     if masks is not None:
       targets = masks
@@ -205,7 +212,7 @@ def make_eval_batch_fn(num_examples: int, batch_size: int, *, mean, std,
     images = normalize(jnp.take(images_u8, index, axis=0), mean, std)
     size = tuple(out_size) if out_size is not None else images.shape[1:3]
     targets = jnp.take(labels, index, axis=0).astype(jnp.int32)
-    if targets.ndim == 3:
+    if is_mask(targets, images):
       targets = augment_lib.center_crop(targets, size)
     return augment_lib.center_crop(images, size), targets, mask
 
@@ -222,15 +229,6 @@ def put_on_devices(split: Split, mesh: Mesh) -> tuple[Array, Array]:
   replicated = NamedSharding(mesh, P())
   return tuple(jax.make_array_from_callback(a.shape, replicated, lambda i, a=a: a[i])
                for a in (split.x, np.asarray(split.y, np.int32)))
-
-
-def check_batch_size(batch_size: int, mesh: Mesh, what: str = "train.batch_size") -> None:
-  """The batch must split evenly over the mesh's data axis."""
-  devices = mesh.shape["data"] if "data" in mesh.axis_names else mesh.size
-  if batch_size <= 0 or batch_size % devices:
-    raise ConfigError(
-        f"{what}={batch_size} does not split over the {devices} devices of the mesh's "
-        f"data axis; use a positive multiple of {devices}.")
 
 
 # ----------------------------------------------------------------------------------
@@ -281,7 +279,7 @@ def eval_batches(split: Split, batch_size: int, *, mean, std,
       else:
         images = augment_lib.center_crop(split.x[index], size)
         targets = np.asarray(split.y[index], np.int32)
-        if targets.ndim == 3:
+        if is_mask(targets, split.x):
           targets = augment_lib.center_crop(targets, size)
       yield normalize_np(images, mean, std), targets, mask
   finally:
@@ -319,7 +317,7 @@ class StreamingBatches:
     self._key = jax.random.key(seed)
     self._sharding = None
     if mesh is not None:
-      check_batch_size(batch_size, mesh)
+      sharding.check_batch_size(batch_size, mesh)
       self._sharding = NamedSharding(mesh, P("data" if "data" in mesh.axis_names else None))
     self._indices = jax.jit(lambda step: batch_indices(self._key, step, self.num_examples,
                                                        batch_size))

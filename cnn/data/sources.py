@@ -43,6 +43,7 @@ import functools
 import glob
 import os
 import pathlib
+import zipfile
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -388,12 +389,7 @@ def _read_npz(pattern: str, data_dir: Optional[str]) -> Split:
         f"data.data_dir, else the working directory).")
   xs, ys = [], []
   for f in files:
-    with np.load(f, allow_pickle=False) as shard:
-      if "x" not in shard or "y" not in shard:
-        raise ConfigError(
-            f"Shard {f} holds {sorted(shard.files)}; each npz shard must hold arrays "
-            f"'x' (uint8 images) and 'y' (integer labels).")
-      x, y = shard["x"], shard["y"]
+    x, y = _read_shard(f)
     if x.ndim == 3:
       x = x[..., None]       # (N, H, W) grey images
     if x.ndim != 4 or x.dtype != np.uint8:
@@ -411,6 +407,45 @@ def _read_npz(pattern: str, data_dir: Optional[str]) -> Split:
     xs.append(x)
     ys.append(y)
   return Split(np.concatenate(xs), np.concatenate(ys).astype(np.int32))
+
+
+def _read_shard(f: str) -> tuple[np.ndarray, np.ndarray]:
+  """(x, y) of one npz shard. A file that is not an npz archive, is cut short, or holds
+  object arrays (which would need pickle, i.e. running code from the file) is a
+  one-sentence ConfigError naming it, not a traceback from numpy or zipfile."""
+  try:
+    shard = np.load(f, allow_pickle=False)
+    if not isinstance(shard, np.lib.npyio.NpzFile):
+      raise ConfigError(f"Shard {f} is a single .npy array, not an npz archive; write it "
+                        "with numpy.savez(path, x=uint8 images, y=integer labels).")
+    with shard:
+      if "x" not in shard or "y" not in shard:
+        raise ConfigError(
+            f"Shard {f} holds {sorted(shard.files)}; each npz shard must hold arrays "
+            f"'x' (uint8 images) and 'y' (integer labels).")
+      return shard["x"], shard["y"]
+  except ConfigError:
+    raise
+  except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as e:
+    raise ConfigError(f"Shard {f} cannot be read ({_npz_problem(f, e)}); rewrite it "
+                      "with numpy.savez(path, x=uint8 images, y=integer labels).") from None
+
+
+def _npz_problem(f: str, error: Exception) -> str:
+  """Why numpy could not read `f`, in a few words."""
+  try:
+    with open(f, "rb") as stream:
+      head = stream.read(4)
+  except OSError as e:
+    return f"it is not a readable file: {e.strerror}"
+  if head != b"PK\x03\x04":
+    return "it is not an npz (zip) archive"
+  if not zipfile.is_zipfile(f):
+    return "the archive is cut short"
+  if "allow_pickle" in str(error):
+    return "it holds object arrays, which would need pickle"
+  text = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+  return f"the archive is damaged: {text}"
 
 
 # ----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ NHWC images.
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -33,11 +33,6 @@ class ModelInfo:
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
-# One file per family; importing them fills the registry.
-FAMILY_MODULES = ("lenet", "alexnet", "vgg", "googlenet", "resnet", "mobilenet",
-                  "xception", "segmentation", "densenet")
-
-
 def register(name: str, *, input_shape: tuple[int, int, int], family: str,
              description: str = "", **fixed: Any) -> Callable:
   """Registers `name` as `build(**fixed, **kwargs)`; usable as a decorator."""
@@ -54,27 +49,43 @@ def register(name: str, *, input_shape: tuple[int, int, int], family: str,
   return decorator
 
 
-def _load_families() -> None:
-  for module in FAMILY_MODULES:
-    try:
-      importlib.import_module(f"cnn.models.{module}")
-    except ModuleNotFoundError as e:
-      if e.name != f"cnn.models.{module}":
-        raise
-
-
 def names() -> list[str]:
   """All registered model names, sorted."""
-  _load_families()
   return sorted(_REGISTRY)
 
 
 def info(name: str) -> ModelInfo:
   """The registry entry of `name`; an unknown name raises ConfigError listing the valid ones."""
-  _load_families()
   if name not in _REGISTRY:
     raise unknown_choice("model", name, _REGISTRY)
   return _REGISTRY[name]
+
+
+_STAGE = re.compile(r"^(stage\d+)(_|$)")
+
+
+def stage_of(param_path: str) -> str:
+  """The group of a parameter in the zoo's naming scheme (ResNets, DenseNet): 'stem', 'stage1', 'stage2', ..., or 'head'.
+
+  `param_path` is a '/'-separated path ('stage2_block0/conv1/kernel'), with or without
+  a leading 'params'; only its top-level name counts. A top-level name outside the
+  scheme of this module (another family's layer) is its own group.
+  """
+  parts = [p for p in param_path.split("/") if p and p != "params"]
+  top = parts[0] if parts else ""
+  if top in ("conv1", "bn1") or top.startswith("stem"):
+    return "stem"
+  match = _STAGE.match(top)
+  if match:
+    return match.group(1)
+  if top.startswith("head"):
+    return "head"
+  return top
+
+
+def scaled(channels: int, width: float) -> int:
+  """`channels` times a width multiplier, at least 1 (GoogLeNet, Xception)."""
+  return max(1, int(round(channels * width)))
 
 
 def create(name: str, **kwargs: Any) -> nn.Module:
@@ -104,3 +115,9 @@ def output_shape(model: nn.Module, input_shape: tuple[int, ...], *,
 
   out = jax.eval_shape(forward, x)
   return out[0] if train else out
+
+
+# One file per family; importing it fills the registry. Explicit imports (after
+# `register` exists, which the families use): a missing or broken family fails here.
+from cnn.models import (alexnet, densenet, detection, googlenet, lenet,  # noqa: E402,F401
+                        mobilenet, resnet, segmentation, vgg, xception)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from cnn import layers
 from cnn.errors import ConfigError
-from cnn.models import register
+from cnn.models import register, scaled
 
 Array = jax.Array
 Dtype = Any
@@ -54,11 +54,6 @@ GOOGLENET_INCEPTIONS = (
 )
 POOL_BEFORE = {"4a": "pool3", "5a": "pool4"}
 AUX_AFTER = {"4a": "aux1", "4d": "aux2"}
-
-
-def scaled(channels: int, width: float) -> int:
-  """`channels` times the width multiplier, at least 1."""
-  return max(1, int(round(channels * width)))
 
 
 class ConvUnit(nn.Module):

@@ -37,7 +37,6 @@ takes pixel 2i: the branch and the shortcut would be added one pixel apart.
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -46,7 +45,7 @@ import jax.numpy as jnp
 
 from cnn import layers
 from cnn.errors import ConfigError, unknown_choice
-from cnn.models import register
+from cnn.models import register, stage_of  # noqa: F401 -- the scheme's names
 
 Array = jax.Array
 Dtype = Any
@@ -103,28 +102,6 @@ def pad_shortcut(x: Array, features: int, stride: int) -> Array:
   if extra:
     x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
   return x
-
-
-_STAGE = re.compile(r"^(stage\d+)(_|$)")
-
-
-def stage_of(param_path: str) -> str:
-  """The group of a parameter: 'stem', 'stage1', 'stage2', ..., or 'head'.
-
-  `param_path` is a '/'-separated path ('stage2_block0/conv1/kernel'), with or without
-  a leading 'params'; only its top-level name counts. A top-level name outside the
-  scheme of this module (another family's layer) is its own group.
-  """
-  parts = [p for p in param_path.split("/") if p and p != "params"]
-  top = parts[0] if parts else ""
-  if top in ("conv1", "bn1") or top.startswith("stem"):
-    return "stem"
-  match = _STAGE.match(top)
-  if match:
-    return match.group(1)
-  if top.startswith("head"):
-    return "head"
-  return top
 
 
 def _shortcut(x: Array, features: int, stride: int, option: str, conv: ModuleDef,

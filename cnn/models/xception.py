@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn import layers
-from cnn.models import register
+from cnn.models import register, scaled
 
 Array = jax.Array
 Dtype = Any
@@ -47,11 +47,6 @@ ENTRY_FILTERS = (128, 256, 728)
 MIDDLE_FILTERS = 728
 EXIT_BLOCK_FILTERS = (728, 1024)
 EXIT_FILTERS = (1536, 2048)
-
-
-def scaled(channels: int, width: float) -> int:
-  """`channels` times the width multiplier, at least 1."""
-  return max(1, int(round(channels * width)))
 
 
 class SepConvBN(nn.Module):

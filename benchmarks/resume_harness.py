@@ -1,6 +1,6 @@
 """Kill a training run at random moments and check that it resumes bit for bit.
 
-    python -m scripts.resume_harness --config experiments/lenet_digits.py \\
+    python -m benchmarks.resume_harness --config experiments/lenet_digits.py \\
         --workdir /tmp/harness --kills 3 --seed 0 \\
         --config.train.steps=48 --config.train.checkpoint_every=4
 
@@ -24,7 +24,6 @@ kept under ``<workdir>/logs``.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -35,6 +34,8 @@ import subprocess
 import sys
 import time
 from typing import Any, Optional, Sequence
+
+from cnn import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MOMENTS = ("checkpoint", "step", "startup", "sigterm")
@@ -243,23 +244,21 @@ def compare_runs(reference: pathlib.Path, other: pathlib.Path) -> list[str]:
 # ----------------------------------------------------------------------------------
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m scripts.resume_harness",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True, help="experiments/<study>.py[:preset]")
-  parser.add_argument("--workdir", required=True,
-                      help="folder for the reference run, the killed run and the logs")
+  parser = cli.parser("benchmarks.resume_harness", __doc__)
+  cli.add_config(parser, workdir="folder for the reference run, the killed run and the "
+                 "logs")
   parser.add_argument("--kills", type=int, default=3)
   parser.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
   parser.add_argument("--moments", default="checkpoint,step,sigterm",
                       help=f"comma-separated kinds of kill moment among {MOMENTS}")
   parser.add_argument("--timeout", type=float, default=1800.0,
                       help="seconds one life may run")
-  args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-  bad = [a for a in overrides if not a.startswith("--config.")]
+  args, overrides = cli.parse(parser, argv)
+  overrides = [f"--config.{o}" for o in overrides]     # as scripts.train takes them
   moments = args.moments.split(",")
-  if bad or any(m not in MOMENTS for m in moments) or args.kills < 0:
-    parser.error(f"unrecognized arguments or moments: {' '.join(bad) or args.moments}")
+  if any(m not in MOMENTS for m in moments) or args.kills < 0:
+    parser.error(f"unknown moments {args.moments!r} (choose among {MOMENTS}) or "
+                 "negative --kills")
   root = pathlib.Path(args.workdir)
   if root.exists() and any(root.iterdir()):
     parser.error(f"{root} is not empty; the harness needs a fresh --workdir")

@@ -1,16 +1,17 @@
 """The degradation study on ImageNet: plain-18/34 against ResNet-18/34 (He et al. 2016,
 Table 2 and Fig. 4), for users with ImageNet and GPUs.
 
-    python -m scripts.sweep experiments/degradation_imagenet.py --root runs/deg_imagenet \
-        --config.data.data_dir=/data/tfds --executor slurm --gpus_per_node 8
-    python -m scripts.plot runs/deg_imagenet --out runs/deg_imagenet/fig4
-    python -m scripts.report runs/deg_imagenet
+    python -m scripts.sweep --config experiments/degradation/imagenet.py \
+        --root runs/deg_imagenet --config.data.data_dir=/data/tfds --executor slurm \
+        --gpus_per_node 8
+    python -m experiments.degradation.plot runs/deg_imagenet --out runs/deg_imagenet/fig4
+    python -m experiments.degradation.report runs/deg_imagenet
 
 He et al. Table 2, top-1 error (%) on the ImageNet validation set (10-crop testing):
 plain-18 27.94, plain-34 28.54; ResNet-18 27.88, ResNet-34 25.03. The plain 34-layer
 net is worse than the 18-layer one (the degradation problem); with shortcuts the order
 reverses. These ResNets use option A shortcuts (identity, zero-padded where the width
-doubles), so each has exactly the parameters of its plain twin. scripts.report
+doubles), so each has exactly the parameters of its plain twin. The study's report
 evaluates a single centre crop, which costs ~1.5-2 points of top-1 error against the
 paper's 10-crop numbers.
 
@@ -33,9 +34,12 @@ DEPTHS = (18, 34)
 FAMILIES = ("plain", "resnet")
 
 
+PRESETS = ("",)   # no named presets
+
+
 def get_config(preset: str = ""):
   if preset:
-    raise ConfigError(f"experiments/degradation_imagenet.py has no preset {preset!r}; "
+    raise ConfigError(f"experiments/degradation/imagenet.py has no preset {preset!r}; "
                       "use it without ':preset'.")
   c = config_lib.defaults()
   c.model.name = "resnet18"            # each run sets plain{d} / resnet{d}

@@ -1,9 +1,10 @@
-"""Reading a degradation sweep's workdirs: curves, final errors, the paper's numbers.
+"""The degradation study's analysis: plain/ResNet families, the paper's numbers, verdicts.
 
-Shared by scripts/plot.py (He et al. Fig. 6 and the gradient-norm figure) and
-scripts/report.py (the Table 6 comparison). A sweep root holds one workdir per run
-(config.json, metrics.jsonl, final.json when finished, test.json when it evaluated on
-a validation split); `load_runs` reads them all.
+Used by experiments/degradation/plot.py (He et al. Fig. 6 and the gradient-norm
+figure) and experiments/degradation/report.py (the Table 6 comparison). Reading the
+workdirs, series and means over seeds are the library's (`cnn.runs`); this module adds
+what only this study knows: which runs are plain or residual nets of which depth, the
+paper's tables, and whether the degradation ordering holds.
 
 Definitions used in the report and the figures:
 
@@ -11,7 +12,8 @@ Definitions used in the report and the figures:
   augmented training batches in train mode (BN on batch statistics), averaged over
   each logging window. The final training error averages the windows that end in the
   last `FINAL_FRACTION` of the run's steps, and at least the last `FINAL_MIN_WINDOWS`
-  windows, so that it rests on a few thousand images rather than one window's.
+  windows (`cnn.runs.final_window_mean`), so that it rests on a few thousand images
+  rather than one window's.
 * evaluation error: ``eval_top1_error``, on the run's evaluation split (the test set,
   or the held-out validation images when ``data.validation_size`` > 0); the final one
   is the last evaluation. test.json, when present, holds the test error of a run that
@@ -20,13 +22,12 @@ Definitions used in the report and the figures:
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import pathlib
 import re
 from typing import Any, Optional, Sequence
 
-from cnn import metrics as metrics_lib
+from cnn import runs as runs_lib
+from cnn.runs import mean_std
 
 FINAL_FRACTION = 0.05
 FINAL_MIN_WINDOWS = 2
@@ -51,22 +52,10 @@ _NAME = re.compile(r"^(plain|resnet)(\d+)$")
 
 
 @dataclasses.dataclass
-class RunData:
-  """One run of a sweep as read from its workdir."""
-  name: str
-  workdir: pathlib.Path
-  family: Optional[str]        # "plain" | "resnet" | None (not a ResNet/plain net)
-  depth: Optional[int]
-  seed: int
-  steps: int                   # the configured number of steps
-  rows: list[dict[str, Any]]
-  final: Optional[dict[str, Any]]
-  test: Optional[dict[str, Any]]
-  config: dict[str, Any]
-
-  @property
-  def done(self) -> bool:
-    return self.final is not None
+class RunData(runs_lib.Run):
+  """A run of the study: a `cnn.runs.Run` with its family and depth."""
+  family: Optional[str] = None        # "plain" | "resnet" | None (neither)
+  depth: Optional[int] = None
 
 
 def family_depth(config: dict[str, Any]) -> tuple[Optional[str], Optional[int]]:
@@ -82,67 +71,35 @@ def family_depth(config: dict[str, Any]) -> tuple[Optional[str], Optional[int]]:
   return None, None
 
 
+def _study_run(run: runs_lib.Run) -> RunData:
+  family, depth = family_depth(run.config)
+  fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(runs_lib.Run)}
+  return RunData(**fields, family=family, depth=depth)
+
+
 def read_run(workdir: pathlib.Path) -> Optional[RunData]:
-  """The run in `workdir`, or None if it holds no config.json."""
-  workdir = pathlib.Path(workdir)
-  try:
-    config = json.loads((workdir / "config.json").read_text())
-  except (OSError, ValueError):
-    return None
-  family, depth = family_depth(config)
-
-  def optional_json(name: str) -> Optional[dict[str, Any]]:
-    try:
-      return json.loads((workdir / name).read_text())
-    except (OSError, ValueError):
-      return None
-
-  return RunData(name=workdir.name, workdir=workdir, family=family, depth=depth,
-                 seed=int(config.get("seed", 0)),
-                 steps=int(config.get("train", {}).get("steps", 0)),
-                 rows=metrics_lib.read_jsonl(workdir / "metrics.jsonl"),
-                 final=optional_json("final.json"), test=optional_json("test.json"),
-                 config=config)
+  """The run in `workdir`, or None if it is no workdir."""
+  run = runs_lib.read_run(workdir)
+  return None if run is None else _study_run(run)
 
 
 def load_runs(root: str | pathlib.Path) -> list[RunData]:
   """Every run directly under `root` (sorted by family, depth, seed, name)."""
-  root = pathlib.Path(root)
-  runs = [r for r in (read_run(d) for d in sorted(root.iterdir()) if d.is_dir())
-          if r is not None] if root.is_dir() else []
-  return sorted(runs, key=lambda r: (r.family or "~", r.depth or 0, r.seed, r.name))
-
-
-def series(run: RunData, key: str) -> tuple[list[int], list[float]]:
-  """(steps, values) of a metric over the run's log, skipping rows without it."""
-  steps, values = [], []
-  for row in run.rows:
-    value = row.get(key)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value):
-      steps.append(int(row["step"]))
-      values.append(float(value))
-  return steps, values
+  found = [_study_run(r) for r in runs_lib.load(root, strict=False)]
+  return sorted(found, key=lambda r: (r.family or "~", r.depth or 0, r.seed, r.name))
 
 
 def final_train_error(run: RunData, fraction: float = FINAL_FRACTION,
                       min_windows: int = FINAL_MIN_WINDOWS) -> Optional[float]:
   """Mean training error of the logging windows that end in the last `fraction` of
   the run's steps, and at least of the last `min_windows`; None without any."""
-  steps, values = series(run, "train_top1_error")
-  if not steps:
-    return None
-  last = steps[-1]
-  cutoff = last - fraction * max(run.steps or last, 1)
-  count = max(sum(s > cutoff for s in steps), min_windows)
-  recent = values[-count:]
-  return sum(recent) / len(recent)
+  return runs_lib.final_window_mean(run, "train_top1_error", fraction=fraction,
+                                    min_windows=min_windows)
 
 
 def final_eval_error(run: RunData) -> Optional[float]:
   """The last logged evaluation error, None without any."""
-  _, values = series(run, "eval_top1_error")
-  return values[-1] if values else None
+  return runs_lib.last_value(run, "eval_top1_error")
 
 
 def final_test_error(run: RunData) -> Optional[float]:
@@ -150,7 +107,7 @@ def final_test_error(run: RunData) -> Optional[float]:
   evaluation (which was on test); None when neither exists."""
   if run.test is not None and "top1_error" in run.test:
     return float(run.test["top1_error"])
-  if not run.config.get("data", {}).get("validation_size"):
+  if not run.get("data.validation_size"):
     return final_eval_error(run)
   return None
 
@@ -183,18 +140,6 @@ class Cell:
   eval: tuple[Optional[float], Optional[float]]
   test: tuple[Optional[float], Optional[float]]
   steps: int                                           # last logged step (max)
-
-
-def mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
-  """Mean and sample standard deviation (ddof 1; None with fewer than 2 values)."""
-  values = [v for v in values if v is not None]
-  if not values:
-    return None, None
-  mean = sum(values) / len(values)
-  if len(values) < 2:
-    return mean, None
-  var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-  return mean, math.sqrt(var)
 
 
 def summarize(runs: Sequence[RunData]) -> list[Cell]:

@@ -1,7 +1,7 @@
 """Is training k small models in one program (cnn/multi.py) faster than k steps one
 after another?  Alternating rounds in one process (noise here is +-10-15 %).
 
-    python -m scripts.benchmark_multi --model resnet20 --k 4 --width 8 --batch 128
+    python -m benchmarks.benchmark_multi --model resnet20 --k 4 --width 8 --batch 128
 
 sequential: the engine's compiled single-model step (`train.compile_steps`), called
     for k separate train states in turn (what k sequential runs do per iteration).
@@ -13,11 +13,11 @@ iteration) of each round, the medians, and the speed-ups over sequential.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 
+from cnn import cli
 from cnn.errors import exit_on_user_error
 
 
@@ -42,9 +42,7 @@ def build_configs(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m scripts.benchmark_multi",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.parser("benchmarks.benchmark_multi", __doc__)
   parser.add_argument("--model", default="resnet20")
   parser.add_argument("--k", type=int, default=4, help="models trained together")
   parser.add_argument("--width", type=int, default=8, help="model.width (0: default)")
@@ -58,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   with exit_on_user_error():
     import jax
-    from cnn import multi, train
+    from cnn import train
     configs = build_configs(args)
-    runs = multi.build_runs(configs)
+    runs = train.build_runs(configs)
 
     # A: one compiled single-model step, k states.
     t0 = time.time()
@@ -80,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     data = tuple((x_all, y_all) for _ in runs)
     for impl in args.impls:
       t0 = time.time()
-      multi_states[impl] = multi.init_states(runs)
-      multi_steps[impl] = multi.make_multi_step(runs, impl)
+      multi_states[impl] = train.init_stacked(runs)
+      multi_steps[impl] = train.stacked_program(runs, impl).step
       for _ in range(2):
         multi_states[impl], _ = multi_steps[impl](multi_states[impl], data)
       jax.block_until_ready(multi_states[impl])

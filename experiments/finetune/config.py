@@ -3,7 +3,7 @@
 The course's recipe (optimisation lecture, "Pre-trained models"): keep the trained
 backbone, replace the classifier, train the new head with the rest frozen, then
 fine-tune the whole network with a smaller learning rate; against training from
-scratch on the same few examples. `python -m scripts.finetune` runs all of it and
+scratch on the same few examples. `python -m experiments.finetune.run` runs all of it and
 prints the table; its data are npz shards it writes under ``<root>/data``:
 
     pretrain-train.npz / pretrain-test.npz   digits 0-4 (labels 0..4)
@@ -20,7 +20,7 @@ prints the table; its data are npz shards it writes under ``<root>/data``:
 
 By hand, with the shards in runs/transfer_mnist/data:
 
-    python -m scripts.train --config experiments/finetune_mnist.py:head \\
+    python -m scripts.train --config experiments/finetune/config.py:head \\
         --config.transfer.init_from=runs/transfer_mnist/pretrain --workdir runs/head
 """
 from cnn import config as config_lib
@@ -40,7 +40,7 @@ def pretrain_source(root: str) -> str:
 
 def get_config(preset: str = "head"):
   if preset not in PRESETS:
-    raise unknown_choice("preset of finetune_mnist", preset, PRESETS)
+    raise unknown_choice("preset of experiments/finetune/config.py", preset, PRESETS)
   c = config_lib.defaults()
   c.model.name = "lenet5"
   c.optim.name = "momentum"

@@ -1,7 +1,7 @@
-"""PyTorch twins of the benchmarked models, used only by scripts/benchmark.py --vs torch.
+"""PyTorch twins of the benchmarked models, for scripts/benchmark.py --vs torch only.
 
-    python -m scripts.torch_reference --model resnet20 --batch 128     # standalone
-    python -m scripts.torch_reference --model resnet20 --serve          # for benchmark.py
+    python -m benchmarks.torch_reference --model resnet20 --batch 128     # standalone
+    python -m benchmarks.torch_reference --model resnet20 --serve          # for benchmark.py
 
 The networks are the ones `cnn.models` builds, layer for layer, with the same
 parameter count (benchmark.py warns when the counts differ):
@@ -150,7 +150,9 @@ class Trainer:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.torch_reference",
+                                   description=__doc__, allow_abbrev=False,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default="resnet20")
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--steps", type=int, default=20)

@@ -1,10 +1,13 @@
 """The degradation study: plain nets against ResNets of the same depth on CIFAR-10
 (He et al. 2016, "Deep Residual Learning for Image Recognition", Fig. 6 and Table 6).
 
-    python -m scripts.sweep experiments/degradation.py --root runs/degradation
-    python -m scripts.sweep experiments/degradation.py:cpu --root runs/degradation
-    python -m scripts.plot runs/degradation --out docs/degradation/fig6
-    python -m scripts.report runs/degradation --out docs/degradation/report.md
+    python -m scripts.sweep --config experiments/degradation/config.py \
+        --root runs/degradation
+    python -m scripts.sweep --config experiments/degradation/config.py:cpu \
+        --root runs/degradation
+    python -m experiments.degradation.plot runs/degradation --out docs/degradation/fig6
+    python -m experiments.degradation.report runs/degradation \
+        --out docs/degradation/report.md
 
 The grid (`get_sweep`): {plain, residual} x depth {20, 32, 44, 56} x seeds, model names
 ``plain{depth}`` / ``resnet{depth}`` (cnn/models/resnet.py), run names such as
@@ -100,7 +103,7 @@ def cpu_config() -> config_lib.ml_collections.ConfigDict:
   (20+32+44+56 layers, twice) cost ~7.6 ResNet-20 steps per iteration: 200 x 7.6 x
   ~1.5-2 s ~ 40-50 min, plus ~10 min of compiling and evaluating. Measured: the whole
   sweep took 72.6 min here (load falling from ~10 to ~5 during it); on the idle
-  machine a ResNet-20 step takes ~0.2 s (619 img/s, scripts/benchmark_multi.py), so
+  machine a ResNet-20 step takes ~0.2 s (619 img/s, benchmarks/benchmark_multi.py), so
   expect roughly a quarter of that there (an estimate, not a run).
   """
   c = paper_config()
@@ -118,8 +121,8 @@ def cpu_config() -> config_lib.ml_collections.ConfigDict:
 
 def get_config(preset: str = ""):
   if preset not in PRESETS:
-    raise ConfigError(f"Unknown preset {preset!r} of experiments/degradation.py; use "
-                      "'' (the paper's recipe), 'val', 'with110' or 'cpu'.")
+    raise ConfigError(f"Unknown preset {preset!r} of experiments/degradation/config.py; "
+                      "use '' (the paper's recipe), 'val', 'with110' or 'cpu'.")
   if preset == "cpu":
     return cpu_config()
   c = paper_config()

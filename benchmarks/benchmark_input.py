@@ -1,7 +1,7 @@
 """What the on-device input path costs a train step.
 
-    python -m scripts.benchmark_input --model lenet5 --batch 128 --steps 50
-    python -m scripts.benchmark_input --model resnet20 --batch 128 --steps 10 --windows 4
+    python -m benchmarks.benchmark_input --model lenet5 --batch 128 --steps 50
+    python -m benchmarks.benchmark_input --model resnet20 --batch 128 --steps 10 --windows 4
 
 Two jitted SGD steps on the same model: A trains on one fixed, pre-normalised batch;
 B selects, gathers, augments and normalises its batch from the whole uint8 training
@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cnn import cli
 from cnn import data
 from cnn.errors import ConfigError, exit_on_user_error
 
@@ -170,9 +171,7 @@ def run(args) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m scripts.benchmark_input",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.parser("benchmarks.benchmark_input", __doc__)
   parser.add_argument("--model", default="lenet5", help="lenet5 | resnet20 | any zoo name")
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--steps", type=int, default=20, help="steps per timing window")
