@@ -28,7 +28,7 @@ from cnn import config as config_lib
 from cnn.errors import unknown_choice
 
 
-PRESETS = ("", "fcn8s")
+PRESETS = ("", "fcn8s", "segnet")
 
 
 def get_config(preset: str = ""):
