@@ -1,10 +1,11 @@
 """Figures of the course's pictures from real runs: learned filters, feature maps, the
-classic fixed kernels, a model's structure, segmentation predictions; and the
-training curves of any set of runs (`curves_figure`).
+classic fixed kernels, a model's structure, segmentation predictions, deck 5's
+augmentations; and the training curves of any set of runs (`curves_figure`).
 
 The `*_figure` functions draw arrays; `draw_filters`, `draw_features`, `draw_kernels`,
-`draw_structure` and `draw_segmentation` read a run's workdir (or a model name or a
-dataset), draw and write the file: they are the commands of scripts/visualize.py.
+`draw_structure`, `draw_segmentation` and `draw_augment` read a run's workdir (or a
+model name or a dataset), draw and write the file: they are the commands of
+scripts/visualize.py.
 
 Every function returns a matplotlib `Figure` (no pyplot: nothing global, works
 without a display) whose size is fixed by its content, and `save` writes it as a
@@ -17,6 +18,8 @@ PNG at `DPI` without trimming, so the pixel size is known in advance:
     structure                BLOCK_W wide, one BLOCK_H row per block, plus TITLE
     segmentation             3 columns (image, truth, prediction) of WIDE-inch tiles
     curves                   one CURVE_W x CURVE_H panel per metric
+    augmentations            1 + one column per augmentation, one row per draw, of
+                             CELL-inch tiles, plus TITLE
 
 Filters are shown as the course's "learned filters" slide (Zeiler & Fergus): each
 one rescaled to its own minimum..maximum, grey for one input channel, colour for
@@ -463,6 +466,91 @@ def draw_kernels(out="kernels.png", *, source: str = "auto", image_index: int = 
   outputs = {name: np.asarray(layers.apply_kernel(image[..., None], name))[..., 0]
              for name in layers.FIXED_KERNELS}
   return save(kernels_figure(image, outputs, f"the course's kernels on {what}"), out)
+
+
+def augmentations_figure(image: np.ndarray, outputs: Mapping[str, Sequence[np.ndarray]],
+                         title: str = "augmentations") -> Figure:
+  """The image (first column) and, per augmentation, one column of its random draws
+  (one row each); images are (H, W, 1) grey or (H, W, 3) RGB on 0..1, CELL-inch tiles."""
+  draws = max(len(v) for v in outputs.values())
+  cols = 1 + len(outputs)
+  fig = Figure(figsize=(cols * CELL, draws * CELL + TITLE))
+  fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01,
+                      top=1.0 - TITLE / (draws * CELL + TITLE), wspace=0.08, hspace=0.08)
+  columns = [("image", [image])] + list(outputs.items())
+  for j, (name, tiles) in enumerate(columns):
+    for i in range(draws):
+      ax = fig.add_subplot(draws, cols, i * cols + j + 1)
+      ax.set_axis_off()
+      if i < len(tiles):
+        x = np.clip(np.asarray(tiles[i], np.float64), 0.0, 1.0)
+        ax.imshow(x[..., 0] if x.shape[-1] == 1 else x, cmap="gray", vmin=0.0,
+                  vmax=1.0, interpolation="nearest")
+      if i == 0:
+        ax.set_title(name, fontsize=7, pad=2)
+  fig.suptitle(title, fontsize=10)
+  return fig
+
+
+# Deck 5's list, strong enough to be seen on a 32x32 image.
+FIGURE_AUGMENTATIONS = ("rotate30", "translate4", "flip", "skew20", "crop4", "noise16",
+                        "light40", "vignette80", "perspective40")
+
+
+def augment_image(source: str, index: int, data_dir: str | None = None
+                  ) -> tuple[np.ndarray, str]:
+  """(uint8 image H x W x C, description) of a real test image: CIFAR-10 in colour
+  when it is on disk (source auto), else a digit, inverted to dark ink on white so
+  that darkening (vignette, light) and the mean-colour fill of crops show."""
+  from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
+  from cnn.data import sources  # pylint: disable=import-outside-toplevel
+  if source not in KERNEL_SOURCES:
+    raise _error(f"--source must be one of {', '.join(KERNEL_SOURCES)}, got {source!r}.")
+  if source == "auto":
+    root = pathlib.Path(data_dir or sources._data_root(None))  # pylint: disable=protected-access
+    source = "cifar10" if (root / "cifar10").is_dir() else "digits"
+  ds = data_lib.load(source, data_dir=data_dir)
+  if not 0 <= index < len(ds.test):
+    raise _error(f"--image_index {index} is outside the {len(ds.test)} test images of "
+                 f"{source}; use 0..{len(ds.test) - 1}.")
+  image, label = ds.test.example(index)
+  image = np.asarray(image, np.uint8)
+  if source == "cifar10":
+    return image, f"CIFAR-10 test image {index} ({CIFAR10_CLASSES[int(label)]})"
+  return 255 - image, f"{source} test image {index} (digit {int(label)}, inverted)"
+
+
+def augment_examples(image: np.ndarray, names: Sequence[str], draws: int = 3
+                     ) -> dict[str, list[np.ndarray]]:
+  """{name: [the image in 0..1 after draw k, k < draws]}: `cnn.data.augment.get(name)`,
+  as the pipeline runs it, on a batch of `draws` copies (key 0, one draw per copy),
+  normalised by the image's own mean colour (crops fill with it, as training fills
+  with the dataset's)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from cnn.data import augment  # pylint: disable=import-outside-toplevel
+  pixels = image.astype(np.float32) / 255.0
+  mean = pixels.mean((0, 1))
+  std = np.ones_like(mean)
+  batch = np.repeat((pixels - mean)[None], draws, axis=0)
+  out = {}
+  for name in names:
+    fn = augment.get(name, mean=mean, std=std)
+    result, _ = jax.jit(lambda x, f=fn: f(jax.random.key(0), x, None, image.shape[:2]))(
+        batch)
+    out[name] = [np.asarray(r) * std + mean for r in result]
+  return out
+
+
+def draw_augment(out="augmentations.png", *, names: Sequence[str] = FIGURE_AUGMENTATIONS,
+                 source: str = "auto", image_index: int = 0, data_dir: str | None = None,
+                 draws: int = 3) -> pathlib.Path:
+  """Deck 5's augmentations (cnn/data/augment.py), `draws` of each, on one real image."""
+  if draws <= 0:
+    raise _error(f"--draws must be positive, got {draws}.")
+  image, what = augment_image(source, image_index, data_dir)
+  outputs = augment_examples(image, names, draws)
+  return save(augmentations_figure(image.astype(np.float32) / 255.0, outputs,
+                                   f"deck 5's augmentations (data.augment) on {what}"), out)
 
 
 def draw_structure(out=None, *, model: str | None = None, workdir=None,

@@ -14,6 +14,17 @@ predicted (mean IU 34.6 %).
 
 Preset ``fcn8s``: FCN-8s on a narrow VGG-16 backbone (width 8) instead; its finest
 scores are at 1/8 of the resolution (6x6 maps for a 48x48 canvas), upsampled 8x.
+
+Preset ``segnet``: SegNet's encoder-decoder (cnn/models/segmentation.py), the first 3
+VGG-16 stages at width 16 (16-32-64 channels, 7 + 7 convolutions with batch norm,
+0.22 M parameters); the decoder upsamples only by max-unpooling with the encoder's
+switches (deck 2's unpooling), no skip features. It starts more slowly than the
+U-Net, so it trains for 1,200 steps: mean IU 87.9 % on the 500 test canvases (pixel
+accuracy 99.0 %; 17.7 % after 300 steps, 67.3 % after 600), about 12 minutes on the
+shared 2-core CPU. With the default 600-step cosine schedule it reached 38.2 %.
+
+    python -m scripts.train --config experiments/segmentation_digits.py:segnet \
+        --workdir runs/segnet
 """
 import ml_collections
 
@@ -21,7 +32,7 @@ from cnn import config as config_lib
 from cnn.errors import unknown_choice
 
 
-PRESETS = ("", "fcn8s")
+PRESETS = ("", "fcn8s", "segnet")
 
 
 def get_config(preset: str = ""):
@@ -46,6 +57,11 @@ def get_config(preset: str = ""):
   if preset == "fcn8s":
     c.model = ml_collections.ConfigDict({"name": "fcn8s", "width": 8, "dropout": 0.0})
     c.optim.learning_rate = 1e-3
+  elif preset == "segnet":
+    c.model = ml_collections.ConfigDict(
+        {"name": "segnet", "width": 16, "depth": 3, "batch_norm": True})
+    c.train.steps = 1200
+    c.train.eval_every = 300
   elif preset:
-    raise unknown_choice("preset of segmentation_digits", preset, ["fcn8s"])
+    raise unknown_choice("preset of segmentation_digits", preset, ["fcn8s", "segnet"])
   return c

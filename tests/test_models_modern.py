@@ -1,5 +1,5 @@
-"""GoogLeNet and the Inception v2/v3 modules, MobileNet v1, Xception, FCN and U-Net
-against the numbers of their papers.
+"""GoogLeNet and the Inception v2/v3 modules, MobileNet v1, Xception, FCN, U-Net and
+SegNet against the numbers of their papers.
 
 ImageNet-size networks are only traced (`jax.eval_shape`); real forward passes use
 tiny widths and small inputs.
@@ -23,7 +23,7 @@ from cnn.models import segmentation
 KEY = jax.random.key(0)
 MY_MODELS = ("googlenet", "inception_v2_cifar", "mobilenet_v1", "mobilenet_v1_075",
              "mobilenet_v1_050", "mobilenet_v1_025", "xception", "fcn32s", "fcn16s",
-             "fcn8s", "unet", "unet_valid")
+             "fcn8s", "unet", "unet_valid", "segnet")
 
 
 # ----------------------------------------------------------------------------------
@@ -498,6 +498,66 @@ def test_unet_rejects_inputs_that_do_not_fit():
 
 
 # ----------------------------------------------------------------------------------
+# SegNet (Badrinarayanan et al. 2017)
+# ----------------------------------------------------------------------------------
+
+def test_segnet_vgg16_parameter_count_and_shapes(conv_calls):
+  model = create("segnet", conv_impl="counting")
+  params, inter = trace(model, (1, 360, 480, 3))
+  assert inter["__call__"][0].shape == (1, 360, 480, 11)
+  # By hand: encoder = VGG-16's 13 convs without biases (BN shifts instead):
+  # 14,714,688 - 4,224 = 14,710,464, BN 2 x 4,224; decoder 3x3 weights
+  # 3 x 512^2 + 2 x 512^2 + 512 x 256 + 2 x 256^2 + 256 x 128 + 128^2 + 128 x 64
+  # + 64^2 = 14,708,736 (x 9), BN 2 x 3,712, classifier 64 x 9 x 11 + 11 = 6,347.
+  # Total 29,441,419: the paper's "29.5 M" (Table 6).
+  assert param_count(params) == 29_441_419
+  assert len(conv_calls) == conv_kernels(params) == 26
+  assert set(params) >= {"conv1_1", "conv5_3", "conv5_3_D", "conv1_1_D", "bn1_2_D"}
+  assert "bn1_1_D" not in params                   # the classifier has no BN
+  # Odd sizes: 'SAME' pools and unpooling to each encoder stage's size restore them.
+  _, out, _ = run(create("segnet", width=2, depth=3, num_classes=3), images((2, 45, 37, 1)))
+  assert out.shape == (2, 45, 37, 3) and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_segnet_unpools_its_decoder_values_to_the_encoder_argmax():
+  model = create("segnet", width=4, depth=2, num_classes=5)
+  x = images((2, 16, 12, 1))
+  variables = random_variables(model, x)
+  out, state = compile_quickly(functools.partial(model.apply, train=False,
+                                                 mutable=["intermediates"]),
+                               variables, x)(variables, x)
+  assert out.shape == (2, 16, 12, 5)
+  sown = {k: v[0] for k, v in state["intermediates"].items()}
+  for stage in (1, 2):
+    features = np.asarray(sown[f"encoder{stage}"])          # what was pooled
+    where = np.asarray(sown[f"switches{stage}"])
+    values = np.asarray(sown[f"decoder{stage}"])             # what the decoder unpools
+    unpooled = np.asarray(sown[f"unpooled{stage}"])
+    n, h, w, c = features.shape
+    assert unpooled.shape == (n, h, w, c) and values.shape == where.shape
+    # The switches are the argmax of each 2x2 window of the encoder's features.
+    windows = features.reshape(n, h // 2, 2, w // 2, 2, c)
+    flat = features.reshape(n, h * w, c)
+    at_switch = np.take_along_axis(flat, where.reshape(n, -1, c), axis=1)
+    np.testing.assert_array_equal(at_switch.reshape(where.shape), windows.max((2, 4)))
+    rows, cols = np.divmod(where, w)
+    top = (np.arange(h // 2) * 2)[None, :, None, None]
+    left = (np.arange(w // 2) * 2)[None, None, :, None]
+    assert np.all((rows - top >= 0) & (rows - top < 2) & (cols - left >= 0) &
+                  (cols - left < 2))                         # inside its own window
+    # Every decoder value lands on its switch, and everything else is zero.
+    expected = np.zeros((n, h * w, c), np.float32)
+    np.put_along_axis(expected, where.reshape(n, -1, c), values.reshape(n, -1, c), axis=1)
+    np.testing.assert_array_equal(unpooled, expected.reshape(n, h, w, c))
+    assert (unpooled != 0).sum() <= values.size
+
+
+def test_segnet_rejects_a_depth_vgg16_does_not_have():
+  with pytest.raises(ConfigError, match="SegNet depth must be 1..5"):
+    output_shape(create("segnet", depth=6), (1, 64, 64, 3))
+
+
+# ----------------------------------------------------------------------------------
 # All models: mixed precision keeps float32 params and logits
 # ----------------------------------------------------------------------------------
 
@@ -508,6 +568,7 @@ def test_unet_rejects_inputs_that_do_not_fit():
     ("xception", {"width": 1 / 16, "middle_blocks": 1}, (1, 32, 32, 3)),
     ("fcn8s", {"width": 2}, (1, 32, 32, 3)),
     ("unet", {"width": 4}, (1, 32, 32, 1)),
+    ("segnet", {"width": 4, "depth": 2}, (1, 16, 16, 1)),
 ])
 def test_bfloat16_compute_float32_params_and_outputs(name, kwargs, shape):
   model = create(name, dtype=jnp.bfloat16, **kwargs)

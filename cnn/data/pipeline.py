@@ -161,15 +161,17 @@ def make_train_batch_fn(num_examples: int, batch_size: int, *, augment: str, mea
 
   `images_u8` / `labels` are the whole training split (on the devices); `step` may be
   a traced int32 scalar. The images come out normalised with `mean` / `std`, augmented
-  by the `augment` registry entry, at `out_size` (default: as stored). Labels of rank
-  3 (segmentation masks) move with their images. `sharding`, if given, constrains both
-  outputs (e.g. batch-sharded over the mesh's data axis).
+  by `augment` (a name of `augment.get`, e.g. "crop+flip+rotate30"), at `out_size`
+  (default: as stored). Labels of rank 3 (segmentation masks) move with their images.
+  `sharding`, if given, constrains both outputs (e.g. batch-sharded over the mesh's
+  data axis).
   """
-  aug = augment_lib.get(augment)
-  steps_per_epoch(num_examples, batch_size)
-  key = jax.random.key(seed)
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
+  # The statistics let noise, lighting and vignetting act on pixels, not z-scores.
+  aug = augment_lib.get(augment, mean=mean, std=std)
+  steps_per_epoch(num_examples, batch_size)
+  key = jax.random.key(seed)
 
   def train_batch(images_u8: Array, labels: Array, step: Array) -> tuple[Array, Array]:
     if images_u8.shape[0] != num_examples or labels.shape[0] != num_examples:

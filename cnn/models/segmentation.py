@@ -1,8 +1,10 @@
 """Segmentation networks: FCN (Long et al. 2015, "Fully Convolutional Networks for
-Semantic Segmentation") and U-Net (Ronneberger et al. 2015, "U-Net: Convolutional
-Networks for Biomedical Image Segmentation").
+Semantic Segmentation"), U-Net (Ronneberger et al. 2015, "U-Net: Convolutional
+Networks for Biomedical Image Segmentation") and SegNet (Badrinarayanan, Kendall &
+Cipolla 2017, "SegNet: A Deep Convolutional Encoder-Decoder Architecture for Image
+Segmentation").
 
-Both output per-pixel logits (N, H, W, num_classes) in float32.
+All output per-pixel logits (N, H, W, num_classes) in float32.
 
 FCN
 ---
@@ -44,6 +46,23 @@ The paper uses unpadded (VALID) convolutions, 572x572 in -> 388x388 out, and cro
 the skip features to the centre: ``padding="VALID"`` (registered as ``unet_valid``)
 does that. The default ``padding="SAME"`` keeps the size, so the output is the input's
 H x W, which must then be a multiple of 2^depth (16).
+
+SegNet
+------
+The course's third kind of upsampling (deck 2, "Types of Upsampling": unpooling). The
+encoder is VGG-16's 13 convolutions (stages of 2, 2, 3, 3, 3 convs with width x 1, 2,
+4, 8, 8 channels), each 3x3 + batch norm + ReLU, every stage closed by a 2x2/2 max
+pool that remembers its switches (the argmax of each window,
+``cnn.layers.max_pool(..., return_indices=True)``). The decoder mirrors it: each stage
+max-unpools with the switches of its encoder stage (``cnn.layers.max_unpool``: every
+value back where its maximum was, zeros elsewhere; nothing learned, and unlike
+U-Net no encoder features are copied across), then convolves the sparse map dense;
+the last convolution of a decoder stage has the channels of the stage above, and
+the very last one (``conv1_1_D``) is the per-pixel classifier, with no BN or ReLU,
+as in the authors' Caffe model. Parameter names follow that model (``conv5_3_D`` ..
+``conv1_1_D``). ``depth`` keeps the first stages only (small inputs); pools pad
+'SAME' and every unpooling restores its encoder stage's size exactly, so any input
+size works.
 """
 from __future__ import annotations
 
@@ -288,3 +307,76 @@ def unet(num_classes: int = 2, width: int = 64, depth: int = 4, padding: str = "
   """U-Net (Ronneberger et al. 2015) with 'SAME' convolutions: output size = input size."""
   return UNet(num_classes=num_classes, width=width, depth=depth, padding=padding,
               batch_norm=batch_norm, conv_impl=conv_impl, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------
+# SegNet
+# ----------------------------------------------------------------------------------
+
+class SegNet(nn.Module):
+  """SegNet (Badrinarayanan et al. 2017, Figure 2): a VGG-16 encoder whose max-pooling
+  switches drive the decoder's unpooling.
+
+  Parameter names: encoder ``conv{s}_{i}`` / ``bn{s}_{i}``, decoder ``conv{s}_{i}_D``
+  / ``bn{s}_{i}_D`` (i counting down, as in the Caffe model). With
+  ``mutable=["intermediates"]`` the module sows, per stage s, ``encoder{s}`` (the
+  features it pools), ``switches{s}``, ``decoder{s}`` (what the decoder unpools) and
+  ``unpooled{s}``.
+  """
+  num_classes: int = 11
+  width: int = 64
+  depth: int = 5
+  batch_norm: bool = True
+  conv_impl: str = "xla"
+  dtype: Optional[Dtype] = None
+
+  def conv_bn_relu(self, x: Array, features: int, name: str, train: bool) -> Array:
+    """3x3 convolution (+ BN) + ReLU; the bias is dropped where BN's shift replaces it."""
+    conv = layers.conv_factory(self.conv_impl, self.dtype)
+    x = conv(features, 3, 1, "SAME", use_bias=not self.batch_norm, name=f"conv{name}")(x)
+    if self.batch_norm:
+      x = layers.BatchNorm(dtype=self.dtype, name=f"bn{name}")(x, train)
+    return nn.relu(x)
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    if not 1 <= self.depth <= len(VGG16_STAGES):
+      raise ConfigError(f"SegNet depth must be 1..{len(VGG16_STAGES)} (VGG-16's stages), "
+                        f"got {self.depth}.")
+    stages = VGG16_STAGES[:self.depth]
+    switches = []
+    for stage, (convs, multiple) in enumerate(stages, start=1):
+      for i in range(1, convs + 1):
+        x = self.conv_bn_relu(x, self.width * multiple, f"{stage}_{i}", train)
+      self.sow("intermediates", f"encoder{stage}", x)
+      shape = x.shape
+      x, where = layers.max_pool(x, 2, 2, "SAME", layer=f"pool{stage}",
+                                 return_indices=True)
+      self.sow("intermediates", f"switches{stage}", where)
+      switches.append((where, shape))
+    for stage in range(self.depth, 0, -1):
+      where, shape = switches[stage - 1]
+      self.sow("intermediates", f"decoder{stage}", x)
+      x = layers.max_unpool(x, where, output_shape=shape)
+      self.sow("intermediates", f"unpooled{stage}", x)
+      convs, multiple = stages[stage - 1]
+      above = self.width * stages[stage - 2][1] if stage > 1 else None
+      for i in range(convs, 0, -1):
+        name = f"{stage}_{i}_D"
+        if i > 1:
+          x = self.conv_bn_relu(x, self.width * multiple, name, train)
+        elif above is not None:
+          x = self.conv_bn_relu(x, above, name, train)
+        else:                                   # conv1_1_D: the classifier
+          conv = layers.conv_factory(self.conv_impl, self.dtype)
+          x = conv(self.num_classes, 3, 1, "SAME", name=f"conv{name}")(x)
+    return x.astype(jnp.float32)
+
+
+# CamVid (the paper's main benchmark): 11 classes, 360x480 images.
+@register("segnet", input_shape=(360, 480, 3), family="segmentation")
+def segnet(num_classes: int = 11, width: int = 64, depth: int = 5, batch_norm: bool = True,
+           conv_impl: str = "xla", dtype: Optional[Dtype] = None) -> SegNet:
+  """SegNet (Badrinarayanan et al. 2017): VGG-16 encoder, decoder unpooling with its switches."""
+  return SegNet(num_classes=num_classes, width=width, depth=depth, batch_norm=batch_norm,
+                conv_impl=conv_impl, dtype=dtype)
