@@ -48,6 +48,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from cnn.data import folder as folder_lib
 from cnn.errors import ConfigError, unknown_choice
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -145,7 +146,8 @@ def load(source: str, *, data_dir: Optional[str] = None,
   """Reads `source` (see the module docstring) into a `Dataset`.
 
   Args:
-    source: digits | mnist | cifar10 | npz:<glob>[|<glob>] | tfds:<name>[:<splits>].
+    source: digits | mnist | cifar10 | npz:<glob>[|<glob>] | folder:<dir>[|<dir>] |
+      tfds:<name>[:<splits>].
     data_dir: where the data lives (npz root, or the TFDS data_dir).
     validation_size: examples (int) or fraction (float in (0, 1)) of train held out
       as the evaluation split, chosen by `seed`.
@@ -197,6 +199,21 @@ def load(source: str, *, data_dir: Optional[str] = None,
     train = _read_npz(train_glob, data_dir)
     test = _read_npz(test_glob, data_dir) if test_glob else None
     name, known = source, None
+  elif kind == "folder" and rest:
+    train_dir, _, test_dir = rest.partition("|")
+    if not test_dir and not validation_size:
+      raise ConfigError(
+          f"Source {source!r} has no test folder; add '|<test dir>' after the train "
+          f"folder or set data.validation_size to evaluate on part of train.")
+    x, y, names = folder_lib.read_folder(folder_lib.resolve(train_dir, data_dir),
+                                         size=size)
+    train = Split(x, y)
+    test = None
+    if test_dir:
+      tx, ty, _ = folder_lib.read_folder(folder_lib.resolve(test_dir, data_dir), names,
+                                         size=size)
+      test = Split(tx, ty)
+    name, known = source, len(names)
   elif kind == "tfds" and rest:
     return _load_tfds(rest, data_dir=data_dir, validation_size=validation_size, seed=seed,
                       size=size, channels=channels, num_classes=num_classes, task=task,
@@ -204,7 +221,8 @@ def load(source: str, *, data_dir: Optional[str] = None,
   else:
     raise ConfigError(
         f"Unknown data source {source!r}; use digits, mnist, cifar10, "
-        f"npz:<train glob>[|<test glob>] or tfds:<name>[:<train split>[|<eval split>]].")
+        f"npz:<train glob>[|<test glob>], folder:<train dir>[|<test dir>] or "
+        f"tfds:<name>[:<train split>[|<eval split>]].")
 
   if size is not None or channels is not None:
     train = _reshape_split(train, size, channels, fit)
