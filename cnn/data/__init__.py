@@ -15,13 +15,14 @@ augmentations by name.
 from cnn.data.augment import AUGMENTATIONS, HOST_AUGMENTATIONS
 from cnn.data.pipeline import (StreamingBatches, batch_indices, check_batch_size,
                                eval_batches, eval_steps, make_eval_batch_fn,
-                               make_train_batch_fn, normalize, permute, put_on_devices,
-                               steps_per_epoch)
+                               make_train_batch_fn, normalize, permute, place_batch,
+                               process_rows, put_on_devices, steps_per_epoch)
 from cnn.data.sources import Dataset, Split, carve_validation, channel_stats, load
 
 __all__ = [
     "AUGMENTATIONS", "HOST_AUGMENTATIONS", "Dataset", "Split", "StreamingBatches",
     "batch_indices", "carve_validation", "channel_stats", "check_batch_size",
     "eval_batches", "eval_steps", "load", "make_eval_batch_fn", "make_train_batch_fn",
-    "normalize", "permute", "put_on_devices", "steps_per_epoch",
+    "normalize", "permute", "place_batch", "process_rows", "put_on_devices",
+    "steps_per_epoch",
 ]
