@@ -161,6 +161,10 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
   settings = distributed_settings(coordinator_address, num_processes, process_id)
   if settings is None:
     return False
+  # JAX's preemption service would take SIGTERM from the loop's own handler (which
+  # checkpoints, and agrees with the other processes on the step: see
+  # `any_process`); without it a signalled process never stops.
+  jax.config.update("jax_enable_preemption_service", False)
   try:
     jax.distributed.initialize(**settings)
   except Exception as e:  # noqa: BLE001 -- a timeout or refused connection: one line
@@ -209,3 +213,12 @@ def agree(fn, *, primary_only: bool = False) -> None:
     text = bytes(row).rstrip(b"\0").decode(errors="replace")
     if text:
       raise ConfigError(text)
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is true on any process (a collective: every process must call
+  it at the same point). A single process returns `flag` without synchronising."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return bool(np.any(np.asarray(multihost_utils.process_allgather(np.int32(flag)))))

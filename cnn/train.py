@@ -683,7 +683,8 @@ def run_loop(program: Program, states, members: list[Member], *,
       calls += 1
       progress.update(step)
       due = due_after(step, tc)
-      stopping = preemption.requested or (stop_after is not None and calls >= stop_after)
+      stopping = (_stop_agreed(preemption, step, due)
+                  or (stop_after is not None and calls >= stop_after))
       if not (due.any or stopping):
         continue
       # Everything below syncs with the devices; it runs only at these boundaries.
@@ -721,6 +722,22 @@ def run_loop(program: Program, states, members: list[Member], *,
         break
   progress.close()
   return states, status
+
+
+# With several processes, how often (in steps) they agree on whether to stop.
+STOP_CHECK_EVERY = 10
+
+
+def _stop_agreed(preemption: _Preemption, step: int, due: Due) -> bool:
+  """Whether the loop stops after `step` for a SIGTERM. One process decides alone;
+  several must stop at the same step (the checkpoint they then write together is a
+  collective), so every `STOP_CHECK_EVERY` steps and at each log, eval or checkpoint
+  boundary (the same steps on every process) they stop if any was signalled."""
+  if jax.process_count() == 1:
+    return preemption.requested
+  if not (due.any or step % STOP_CHECK_EVERY == 0):
+    return False
+  return sharding.any_process(preemption.requested)
 
 
 def _compiled(program: Program, states, say) -> tuple[Callable, Iterator]:

@@ -230,22 +230,27 @@ def test_stop_and_resume_in_two_then_one_process(tmp_path, reference):
   assert max_difference(final_params(workdir), final_params(reference)) < 1e-4
 
 
-def test_sigterm_checkpoints_both_processes(tmp_path):
-  """A SIGTERM to both (healthy) processes, as a scheduler's pre-emption sends it:
-  both exit 0 after a checkpoint, and the next launch resumes from it."""
+def test_sigterm_to_one_process_stops_both_then_one_process_resumes(tmp_path):
+  """A SIGTERM to process 1 only: the processes agree on the step, both checkpoint
+  and exit 0; then one process with 8 devices (another topology) resumes from that
+  checkpoint and trains on."""
   workdir = tmp_path / "sigterm"
-  envs = cluster_envs(2, "jax")
   args = [*TINY, "--config.train.steps=100000", "--config.train.checkpoint_every=0",
           "--config.train.quiet=False", "--workdir", str(workdir)]
-  with Job(envs, args, tmp_path / "logs") as job:
-    job.wait_for("compiled in")
-    time.sleep(2)                       # a few steps
-    for p in job.procs:
-      p.send_signal(signal.SIGTERM)
+  with Job(cluster_envs(2, "jax"), args, tmp_path / "logs") as job:
+    # Process 0's first logged loss means both are in the loop (steps are collective).
+    job.wait_for("loss=")
+    job.procs[1].send_signal(signal.SIGTERM)
     codes = job.wait()
     assert codes == [0, 0], f"exit codes {codes}; logs:\n{job.text()}"
   assert "stopped at step" in job.logs[0].read_text()
-  assert any(p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
+  steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+  assert len(steps) == 1, steps
+  with Job(cluster_envs(1, "single", devices=8), [*args, "--stop_after=2"],
+           tmp_path / "logs1") as job:
+    assert job.wait() == [0], job.text()
+  assert f"resumed from step {steps[0]}" in job.logs[0].read_text()
+  assert (workdir / "checkpoints" / str(steps[0] + 2)).is_dir()
 
 
 def test_dead_peer_ends_the_survivor(tmp_path):
@@ -255,8 +260,7 @@ def test_dead_peer_ends_the_survivor(tmp_path):
   args = [*TINY, "--config.train.steps=100000", "--config.train.quiet=False",
           "--workdir", str(tmp_path / "dead_peer")]
   with Job(envs, args, tmp_path / "logs") as job:
-    job.wait_for("compiled in")
-    time.sleep(1)
+    job.wait_for("loss=")
     os.kill(job.procs[1].pid, signal.SIGKILL)
     start = time.monotonic()
     bound = 4 * HEARTBEAT_S + 60
