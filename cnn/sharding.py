@@ -191,3 +191,49 @@ def _die(message: str) -> None:
   """Ends the process from a watchdog thread (the main thread is stuck in C++)."""
   os.write(2, (message + "\n").encode())
   os._exit(2)
+
+
+# ----------------------------------------------------------------------------------
+# Several processes: one decision for all
+# ----------------------------------------------------------------------------------
+
+_MESSAGE_BYTES = 2048   # a ConfigError's sentence, truncated to this many bytes
+
+
+def agree(fn, *, primary_only: bool = False) -> None:
+  """Runs `fn` on every process (or on process 0 only) and makes every process
+  raise the same ConfigError, or none.
+
+  Each process contributes the message of its ConfigError ("" if it passed); all
+  gather them, and every process raises the first non-empty one. No process can go
+  on (and write) while another refuses; the gather is also the barrier between
+  the checks and the writes. A single process just runs `fn`.
+  """
+  message = ""
+  if not primary_only or jax.process_index() == 0:
+    try:
+      fn()
+    except ConfigError as e:
+      if jax.process_count() == 1:
+        raise
+      message = str(e)
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  encoded = message.encode()[:_MESSAGE_BYTES]
+  buffer = np.zeros([_MESSAGE_BYTES], np.uint8)
+  buffer[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+  gathered = np.asarray(multihost_utils.process_allgather(buffer))
+  for row in gathered.reshape(jax.process_count(), _MESSAGE_BYTES):
+    text = bytes(row).rstrip(b"\0").decode(errors="replace")
+    if text:
+      raise ConfigError(text)
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is true on any process (a collective: every process must call
+  it at the same point). A single process returns `flag` without synchronising."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return bool(np.any(np.asarray(multihost_utils.process_allgather(np.int32(flag)))))
