@@ -112,7 +112,8 @@ def distributed_settings(coordinator_address: str | None = None,
 
   Explicit values (the CLI's --coordinator_address/--num_processes/--process_id) win
   over JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; without an
-  address, a SLURM step of several tasks (srun) is left to JAX's auto-detection.
+  address, a SLURM step of several tasks (srun), or any launch with
+  CNN_DISTRIBUTED=1 (a TPU pod slice), is left to JAX's auto-detection.
   """
   address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
   count = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
@@ -145,6 +146,8 @@ def distributed_settings(coordinator_address: str | None = None,
                       "--coordinator_address.")
   if "SLURM_JOB_ID" in os.environ and (_env_int("SLURM_NTASKS") or 1) > 1:
     return dict(timeouts)          # JAX's SLURM detection supplies the rest
+  if os.environ.get("CNN_DISTRIBUTED") == "1":
+    return dict(timeouts)          # asked for: JAX detects the cluster (TPU pods, MPI)
   return None
 
 
