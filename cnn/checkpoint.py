@@ -122,8 +122,7 @@ class Checkpointer:
       if self.read_only:
         return None
       target = _free_path(self.workdir / UNREADABLE / "best")
-      target.parent.mkdir(parents=True, exist_ok=True)
-      shutil.move(str(directory), str(target))
+      _move_once(directory, target)
       print(f"warning: the best checkpoints in {directory} are unreadable "
             f"({_first_line(e)}); moved to {target}, tracking the best afresh.",
             file=sys.stderr)
@@ -179,11 +178,11 @@ class Checkpointer:
     where = "left in place (read-only)"
     if not self.read_only:
       target = _free_path(self.workdir / UNREADABLE / str(step))
-      target.parent.mkdir(parents=True, exist_ok=True)
-      shutil.move(str(source), str(target))
+      _move_once(source, target)
       where = f"moved to {target}"
-    print(f"warning: checkpoint {step} in {source.parent} is unreadable ({problem}); "
-          f"{where}, trying the previous one.", file=sys.stderr)
+    if jax.process_index() == 0:   # every process finds the same: one report
+      print(f"warning: checkpoint {step} in {source.parent} is unreadable ({problem}); "
+            f"{where}, trying the previous one.", file=sys.stderr)
     # A failed restore can leave the manager's view of the directory stale.
     self.latest.close()
     self.latest = self._latest_manager()
@@ -336,6 +335,17 @@ def _fingerprint_problem(manager: ocp.CheckpointManager, step: int,
   names = list(_shapes(state))
   bad = [n for n, a, b in zip(names, saved, now) if a != b] or ["the array count"]
   return f"the values of {', '.join(bad[:3])} differ from those saved"
+
+
+def _move_once(source: pathlib.Path, target: pathlib.Path) -> None:
+  """Moves `source` to `target` from process 0 only; with several processes (which
+  read the same files and so decide alike) all wait until it has moved."""
+  if jax.process_index() == 0:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(source), str(target))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("cnn:moved_unreadable")
 
 
 def _free_path(path: pathlib.Path) -> pathlib.Path:
