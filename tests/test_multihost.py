@@ -369,3 +369,29 @@ def test_distributed_settings(monkeypatch):
   monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
   with pytest.raises(ConfigError, match="no coordinator address"):
     sharding.distributed_settings()
+
+
+class _FakeSharding:
+  """The one method `process_rows` asks of a sharding: this process's devices'
+  index slices (here as if it were process 1 of 2 over 8 devices)."""
+
+  def __init__(self, slices):
+    self.slices = slices
+
+  def addressable_devices_indices_map(self, shape):
+    del shape
+    return {i: (s,) for i, s in enumerate(self.slices)}
+
+
+def test_process_rows():
+  """Each process builds the contiguous block of rows its devices hold; replicas (a
+  model axis) count once; a scattered block is refused in one sentence."""
+  from cnn import data  # pylint: disable=import-outside-toplevel
+  from cnn.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  assert data.process_rows(_FakeSharding([slice(8, 12), slice(12, 16)]), 16) == \
+      slice(8, 16)
+  assert data.process_rows(_FakeSharding([slice(8, 16), slice(8, 16)]), 16) == \
+      slice(8, 16)
+  assert data.process_rows(_FakeSharding([slice(None)]), 16) == slice(0, 16)
+  with pytest.raises(ConfigError, match="non-contiguous"):
+    data.process_rows(_FakeSharding([slice(0, 4), slice(8, 12)]), 16)
