@@ -7,10 +7,11 @@ port. Every subprocess runs under a deadline after which it is killed by its PID
 
 What is checked: one metrics.jsonl with each logged step once; the 2x4 run equals a
 1x8 run (float tolerance: the collectives add in another order); a run stopped after
-a few steps resumes, in 2 processes or in 1 (another topology), to the same final
+a few steps resumes on other topologies (2x4 -> 1x1 -> 2x4) to the same final
 parameters; the checkpoints restore in this (1-process, 8-device) pytest process; a
-SIGTERM checkpoints both processes; a process whose peer is killed ends by itself
-within a bound, and so does a process whose peers never arrive.
+SIGTERM to one process checkpoints both and one process (1x8) resumes; a process
+whose peer is killed ends by itself within a bound, and so does a process whose
+peers never arrive; SIGTERM ends a process stuck where the loop cannot see it.
 
 These tests are slow (each launch imports jax and compiles in every process): they
 are marked ``multihost``; ``pytest -m "not multihost"`` skips them.
@@ -205,7 +206,10 @@ def test_srun_style_two_processes_match_one_process(tmp_path, reference):
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
                 if p.name.isdigit()) == [4, 8]
   final, ref = (json.loads((w / "final.json").read_text()) for w in (workdir, reference))
-  for key in ("train_loss", "eval_loss", "eval_top1_error"):
+  keys = ("train_loss", "eval_loss", "eval_top1_error", "eval_top5_error")
+  print(f"max |final metrics 2x4 - 1x8| = "
+        f"{max(abs(final[k] - ref[k]) for k in keys):.3g}")
+  for key in keys:
     assert abs(final[key] - ref[key]) < 1e-4, (key, final[key], ref[key])
   difference = max_difference(final_params(workdir), final_params(reference))
   print(f"max |params 2x4 - params 1x8| = {difference:.3g}")
@@ -214,20 +218,20 @@ def test_srun_style_two_processes_match_one_process(tmp_path, reference):
 
 def test_stop_and_resume_across_topologies(tmp_path, reference):
   """Coordinator-variable launch stopped after 3 steps (a checkpoint at 3), resumed
-  by 1 process x 8 devices to step 6, and back in 2 processes x 4 to the end:
+  by 1 process x 1 device to step 6, and back in 2 processes x 4 to the end:
   metrics.jsonl reads as one uninterrupted run (each step once), and the final
   parameters equal those of the uninterrupted 1x8 run."""
   workdir = tmp_path / "resumed"
   train(workdir, "jax", extra=["--stop_after=3"])
   assert 3 in [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
-  train(workdir, "single", n=1, devices=8, extra=["--stop_after=3"])
+  train(workdir, "single", n=1, devices=1, extra=["--stop_after=3"])
   assert not (workdir / "final.json").exists()
   train(workdir, "jax")
   assert [r["step"] for r in rows(workdir)] == [2, 4, 6, 8]
   for got, want in zip(rows(workdir), rows(reference)):
     assert abs(got["train_loss"] - want["train_loss"]) < 1e-4, (got, want)
   difference = max_difference(final_params(workdir), final_params(reference))
-  print(f"max |params resumed 2x4 -> 1x8 -> 2x4 - params 1x8| = {difference:.3g}")
+  print(f"max |params resumed 2x4 -> 1x1 -> 2x4 - params 1x8| = {difference:.3g}")
   assert difference < 1e-4
 
 
