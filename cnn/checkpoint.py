@@ -85,7 +85,11 @@ def _manager(path: pathlib.Path, keep: int, *, best_metric: Optional[str] = None
       save_interval_steps=0 if read_only else 1,
       best_fn=(lambda m: m[best_metric]) if best_metric else None,
       best_mode=best_mode, keep_checkpoints_without_metrics=False if best_metric else True,
-      cleanup_tmp_directories=not read_only)
+      cleanup_tmp_directories=not read_only,
+      # Orbax names its barriers by step ("async_write_complete.8"): the latest and
+      # best managers saving the same step would otherwise share one, and fail.
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=path.name))
   # One item with a fixed handler: otherwise orbax guesses the layout from the first
   # step directory it reads, and an empty or damaged one makes it refuse all others.
   with _quiet_orbax():

@@ -258,6 +258,21 @@ def test_sigterm_to_one_process_stops_both_then_one_process_resumes(tmp_path):
   assert (workdir / "checkpoints" / str(steps[0] + 2)).is_dir()
 
 
+def test_both_processes_refuse_a_foreign_workdir(tmp_path, reference):
+  """A workdir holding another configuration: both processes refuse it with the same
+  sentence and exit status 2, and nothing there changes."""
+  before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
+  with Job(cluster_envs(2, "jax"), [*TINY, "--config.optim.learning_rate=0.1",
+                                    "--workdir", str(reference)], tmp_path / "logs") as job:
+    codes = job.wait()
+  assert codes == [2, 2], job.text()
+  lines = [[l for l in log.read_text().splitlines() if l.startswith("error:")]
+           for log in job.logs]
+  assert lines[0] == lines[1] and len(lines[0]) == 1, job.text()
+  assert "holds a run with a different configuration (optim.learning_rate" in lines[0][0]
+  assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
+
+
 @pytest.mark.parametrize("victim", [1, 0], ids=["worker_dies", "coordinator_dies"])
 def test_dead_peer_ends_the_survivor(tmp_path, victim):
   """One process killed (SIGKILL, by PID) mid-run: the other must not hang; JAX's
