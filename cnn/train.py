@@ -425,14 +425,17 @@ class _Preemption:
   thread waits in a collective whose peer died, the flag is never even set. Python's
   C-level handler still writes the signal number to the wakeup fd, so a watcher
   thread reading it ends the process (status 143, one line on stderr) on a second
-  SIGTERM, or when the loop has not stopped `grace_s` seconds after the first
-  (``CNN_SIGTERM_GRACE_S``, default 120).
+  SIGTERM (a second or more after the first: one notice delivered twice, to the
+  process and forwarded by a parent, is one), or when the loop has not stopped
+  `grace_s` seconds after the first (default ``CNN_SIGTERM_GRACE_S`` or 120). A single
+  process has no peer to wait for: it has no watcher unless `grace_s` is given.
   """
 
   def __init__(self, grace_s: Optional[float] = None):
     self.requested = False
-    self.grace_s = (float(os.environ.get("CNN_SIGTERM_GRACE_S", "120"))
-                    if grace_s is None else grace_s)
+    if grace_s is None and jax.process_count() > 1:
+      grace_s = float(os.environ.get("CNN_SIGTERM_GRACE_S", "120"))
+    self.grace_s = grace_s
     self._previous = None
     self._previous_fd = -1
     self._pipe: Optional[tuple[int, int]] = None
@@ -444,6 +447,8 @@ class _Preemption:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not in the main thread: no handler, nothing to restore
       self._previous = None
+      return self
+    if self.grace_s is None:
       return self
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
@@ -459,7 +464,7 @@ class _Preemption:
 
   def _watch(self, read_fd: int) -> None:
     """Counts the SIGTERMs written to the wakeup fd, whatever the main thread does."""
-    seen = 0
+    first = None
     while True:
       try:
         data = os.read(read_fd, 64)
@@ -468,10 +473,12 @@ class _Preemption:
       if not data:                # the write end closed: the loop is over
         os.close(read_fd)
         return
-      seen += data.count(bytes([signal.SIGTERM]))
-      if seen >= 2:
+      if bytes([signal.SIGTERM]) not in data:
+        continue
+      if first is not None and time.monotonic() - first >= 1.0:
         self._die("a second SIGTERM")
-      elif seen == 1 and self._timer is None:
+      elif first is None:
+        first = time.monotonic()
         self._timer = threading.Timer(
             self.grace_s, self._die,
             (f"SIGTERM, and the loop did not stop within {self.grace_s:g} s "
