@@ -130,7 +130,11 @@ def _manager(path: pathlib.Path, keep: int, *, best_metric: Optional[str] = None
       save_interval_steps=0 if read_only else 1,
       best_fn=(lambda m: m[best_metric]) if best_metric else None,
       best_mode=best_mode, keep_checkpoints_without_metrics=False if best_metric else True,
-      cleanup_tmp_directories=not read_only)
+      cleanup_tmp_directories=not read_only,
+      # Orbax names its barriers by step ("async_write_complete.8"): the latest and
+      # best managers saving the same step would otherwise share one, and fail.
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=path.name))
   # One item with a fixed handler: otherwise orbax guesses the layout from the first
   # step directory it reads, and an empty or damaged one makes it refuse all others.
   with _quiet_orbax():
@@ -171,8 +175,7 @@ class Checkpointer:
       if self.read_only:
         return None
       target = _free_path(self.workdir / UNREADABLE / "best")
-      target.parent.mkdir(parents=True, exist_ok=True)
-      shutil.move(str(directory), str(target))
+      _move_once(directory, target)
       print(f"warning: the best checkpoints in {directory} are unreadable "
             f"({_first_line(e)}); moved to {target}, tracking the best afresh.",
             file=sys.stderr)
@@ -278,11 +281,11 @@ class Checkpointer:
     where = "left in place (read-only)"
     if not self.read_only:
       target = _free_path(self.workdir / UNREADABLE / str(step))
-      target.parent.mkdir(parents=True, exist_ok=True)
-      shutil.move(str(source), str(target))
+      _move_once(source, target)
       where = f"moved to {target}"
-    print(f"warning: checkpoint {step} in {source.parent} is unreadable ({problem}); "
-          f"{where}, trying the previous one.", file=sys.stderr)
+    if jax.process_index() == 0:   # every process finds the same: one report
+      print(f"warning: checkpoint {step} in {source.parent} is unreadable ({problem}); "
+            f"{where}, trying the previous one.", file=sys.stderr)
     # A failed restore can leave the manager's view of the directory stale.
     self.latest.close()
     self.latest = self._latest_manager()
@@ -473,7 +476,10 @@ def _read_index(directory: pathlib.Path) -> dict[int, list[int]]:
 def _record_fingerprint(directory: pathlib.Path, step: int, prints: list[int]) -> None:
   """Adds `step` to the index, durably (fsync, atomic rename) and before the step is
   written, so a kill at any moment leaves no complete step without its fingerprint.
-  Entries of steps no longer on disk are dropped."""
+  Entries of steps no longer on disk are dropped. Process 0 writes it (one writer on
+  a shared filesystem); the others read it when they verify."""
+  if jax.process_index() != 0:
+    return
   directory.mkdir(parents=True, exist_ok=True)
   on_disk = set(_complete_steps(directory))
   index = {s: v for s, v in _read_index(directory).items() if s in on_disk}
@@ -498,6 +504,17 @@ def _complete_steps(directory: pathlib.Path) -> list[int]:
                   if p.name.isdigit() and p.is_dir())
   except OSError:
     return []
+
+
+def _move_once(source: pathlib.Path, target: pathlib.Path) -> None:
+  """Moves `source` to `target` from process 0 only; with several processes (which
+  read the same files and so decide alike) all wait until it has moved."""
+  if jax.process_index() == 0:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(source), str(target))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("cnn:moved_unreadable")
 
 
 def _free_path(path: pathlib.Path) -> pathlib.Path:

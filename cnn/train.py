@@ -19,6 +19,7 @@ import os
 import pathlib
 import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -246,10 +247,12 @@ def evaluate(eval_step: Callable, state: TrainState, split, *, batch_size: int, 
   t = tasks.get(task)
   totals, batches = None, []
   shard = sharding.batch_sharding(mesh)
+  # Each process builds and places only the rows its devices hold.
+  rows = data_lib.process_rows(shard, batch_size)
   for images, labels, mask in data_lib.eval_batches(split, batch_size, mean=mean, std=std,
-                                                    out_size=out_size):
-    batch = jax.device_put((np.asarray(images), np.asarray(labels, np.int32),
-                            np.asarray(mask, np.float32)), shard)
+                                                    out_size=out_size, rows=rows):
+    batch = data_lib.place_batch((np.asarray(images), np.asarray(labels, np.int32),
+                                  np.asarray(mask, np.float32)), shard, batch_size)
     out = eval_step(state, *batch)
     if t.sum_on_device:     # sums stay on the device: one transfer per evaluation
       totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
@@ -410,26 +413,91 @@ def feed(run: Run, device_data, start: int) -> Iterator[tuple[Any, ...]]:
 # ----------------------------------------------------------------------------------
 
 class _Preemption:
-  """Turns SIGTERM (the usual pre-emption notice) into a flag the loop checks."""
+  """Turns SIGTERM (the usual pre-emption notice) into a flag the loop checks, and
+  makes sure SIGTERM still ends a process that cannot get back to the loop.
 
-  def __init__(self):
+  A Python signal handler runs only between bytecodes of the main thread: while that
+  thread waits in a collective whose peer died, the flag is never even set. Python's
+  C-level handler still writes the signal number to the wakeup fd, so a watcher
+  thread reading it ends the process (status 143, one line on stderr) on a second
+  SIGTERM (a second or more after the first: one notice delivered twice, to the
+  process and forwarded by a parent, is one), or when the loop has not stopped
+  `grace_s` seconds after the first (default ``CNN_SIGTERM_GRACE_S`` or 120). A single
+  process has no peer to wait for: it has no watcher unless `grace_s` is given.
+  """
+
+  def __init__(self, grace_s: Optional[float] = None):
     self.requested = False
+    if grace_s is None and jax.process_count() > 1:
+      grace_s = float(os.environ.get("CNN_SIGTERM_GRACE_S", "120"))
+    self.grace_s = grace_s
     self._previous = None
+    self._previous_fd = -1
+    self._pipe: Optional[tuple[int, int]] = None
+    self._done = threading.Event()
+    self._timer: Optional[threading.Timer] = None
 
   def __enter__(self):
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not in the main thread: no handler, nothing to restore
       self._previous = None
+      return self
+    if self.grace_s is None:
+      return self
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    self._pipe = (read_fd, write_fd)
+    self._previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    threading.Thread(target=self._watch, args=(read_fd,), daemon=True,
+                     name="sigterm-watch").start()
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
 
+  def _watch(self, read_fd: int) -> None:
+    """Counts the SIGTERMs written to the wakeup fd, whatever the main thread does."""
+    first = None
+    while True:
+      try:
+        data = os.read(read_fd, 64)
+      except OSError:
+        return
+      if not data:                # the write end closed: the loop is over
+        os.close(read_fd)
+        return
+      if bytes([signal.SIGTERM]) not in data:
+        continue
+      if first is not None and time.monotonic() - first >= 1.0:
+        self._die("a second SIGTERM")
+      elif first is None:
+        first = time.monotonic()
+        self._timer = threading.Timer(
+            self.grace_s, self._die,
+            (f"SIGTERM, and the loop did not stop within {self.grace_s:g} s "
+             "(blocked in a collective: a peer process may have died)",))
+        self._timer.daemon = True
+        self._timer.start()
+
+  def _die(self, why: str) -> None:
+    if self._done.is_set():
+      return
+    # os.write, not print: sys.stderr's lock may be held by the stuck main thread.
+    os.write(2, f"error: exiting after {why}; the last checkpoint stays, run the "
+                "same command again to resume.\n".encode())
+    os._exit(128 + signal.SIGTERM)
+
   def __exit__(self, *exc):
+    self._done.set()
+    if self._timer is not None:
+      self._timer.cancel()
     if self._previous is not None:
+      signal.set_wakeup_fd(self._previous_fd)
       signal.signal(signal.SIGTERM, self._previous)
+    if self._pipe is not None:
+      os.close(self._pipe[1])     # the watcher reads end-of-file and returns
 
 
 def check_workdir(workdir: pathlib.Path, config, *, overwrite: bool = False,
@@ -554,14 +622,29 @@ class Program:
 def open_members(runs: list[Run], workdirs, *, overwrite: bool, fork: bool,
                  abstract) -> list[Member]:
   """Checks every workdir (configuration, checkpoint compatibility), then prepares
-  them: nothing is written before all have passed."""
-  for run, w in zip(runs, workdirs):
-    check_workdir(w, run.config, overwrite=overwrite, fork=fork)
-    if not overwrite:   # a checkpoint of another model: refuse, still unwritten
-      ckpt_lib.check_compatible(w, abstract)
+  them: nothing is written before all have passed.
+
+  With several processes every one checks (reading only), they agree on the outcome
+  (`sharding.agree`: the same ConfigError everywhere, or none), process 0 alone
+  prepares the workdirs, and only then do all construct orbax's managers, which
+  create their directories and synchronise by themselves: each process must find
+  the directories in the same state, or orbax's barriers disagree.
+  """
+
+  def check():
+    for run, w in zip(runs, workdirs):
+      check_workdir(w, run.config, overwrite=overwrite, fork=fork)
+      if not overwrite:   # a checkpoint of another model: refuse, still unwritten
+        ckpt_lib.check_compatible(w, abstract)
+
+  def prepare():
+    for run, w in zip(runs, workdirs):
+      prepare_workdir(w, run.config, overwrite=overwrite, fork=fork)
+
+  sharding.agree(check)
+  sharding.agree(prepare, primary_only=True)
   members = []
   for run, w in zip(runs, workdirs):
-    prepare_workdir(w, run.config, overwrite=overwrite, fork=fork)
     tc = run.config.train
     members.append(Member(
         run, w, ckpt_lib.Checkpointer(w, keep=tc.keep_checkpoints,
@@ -602,7 +685,8 @@ def run_loop(program: Program, states, members: list[Member], *,
       calls += 1
       progress.update(step)
       due = due_after(step, tc)
-      stopping = preemption.requested or (stop_after is not None and calls >= stop_after)
+      stopping = (_stop_agreed(preemption, step, due)
+                  or (stop_after is not None and calls >= stop_after))
       if not (due.any or stopping):
         continue
       # Everything below syncs with the devices; it runs only at these boundaries.
@@ -640,6 +724,22 @@ def run_loop(program: Program, states, members: list[Member], *,
         break
   progress.close()
   return states, status
+
+
+# With several processes, how often (in steps) they agree on whether to stop.
+STOP_CHECK_EVERY = 10
+
+
+def _stop_agreed(preemption: _Preemption, step: int, due: Due) -> bool:
+  """Whether the loop stops after `step` for a SIGTERM. One process decides alone;
+  several must stop at the same step (the checkpoint they then write together is a
+  collective), so every `STOP_CHECK_EVERY` steps and at each log, eval or checkpoint
+  boundary (the same steps on every process) they stop if any was signalled."""
+  if jax.process_count() == 1:
+    return preemption.requested
+  if not (due.any or step % STOP_CHECK_EVERY == 0):
+    return False
+  return sharding.any_process(preemption.requested)
 
 
 def _compiled(program: Program, states, say) -> tuple[Callable, Iterator]:
@@ -681,7 +781,7 @@ def close_members(members: list[Member], singles: list[TrainState],
       rows = metrics_lib.read_jsonl(m.writer.path)
       last = dict(rows[-1]) if rows else {"step": step}
     last["status"] = "halted" if m.halted_at >= 0 else status
-    if last["status"] == "done":
+    if last["status"] == "done" and jax.process_index() == 0:
       write_atomic(m.workdir / "final.json", metrics_lib.strict_json(last, indent=2) + "\n")
     results.append(last)
   return results
@@ -792,7 +892,7 @@ def _fit_locked(configs, workdirs: list[pathlib.Path], *, overwrite: bool, fork:
   try:
     if len(runs) == 1:
       start, restored = members[0].checkpointer.restore_latest(abstract)
-      if restored is not None:
+      if restored is not None and jax.process_index() == 0:
         print(f"resumed from step {start} in {workdirs[0]}", file=sys.stderr)
       state = restored if restored is not None else transfer.warm_start(state, runs[0])
     else:

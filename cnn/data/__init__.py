@@ -15,8 +15,8 @@ augmentations by name.
 from cnn.data.augment import AUGMENTATIONS, HOST_AUGMENTATIONS
 from cnn.data.pipeline import (StreamingBatches, batch_indices,
                                eval_batches, eval_steps, make_eval_batch_fn,
-                               make_train_batch_fn, normalize, permute, put_on_devices,
-                               steps_per_epoch)
+                               make_train_batch_fn, normalize, permute, place_batch,
+                               process_rows, put_on_devices, steps_per_epoch)
 from cnn.sharding import check_batch_size
 from cnn.data.sources import Dataset, Split, carve_validation, channel_stats, load
 
@@ -24,5 +24,6 @@ __all__ = [
     "AUGMENTATIONS", "HOST_AUGMENTATIONS", "Dataset", "Split", "StreamingBatches",
     "batch_indices", "carve_validation", "channel_stats", "check_batch_size",
     "eval_batches", "eval_steps", "load", "make_eval_batch_fn", "make_train_batch_fn",
-    "normalize", "permute", "put_on_devices", "steps_per_epoch",
+    "normalize", "permute", "place_batch", "process_rows", "put_on_devices",
+    "steps_per_epoch",
 ]

@@ -231,6 +231,30 @@ def put_on_devices(split: Split, mesh: Mesh) -> tuple[Array, Array]:
                for a in (split.x, np.asarray(split.y, np.int32)))
 
 
+def process_rows(sharding: jax.sharding.Sharding, batch_size: int) -> slice:
+  """The rows of a global batch of `batch_size` split by `sharding` that this
+  process's devices hold: what this process builds and feeds (all rows for a single
+  process). Processes own contiguous blocks on meshes made by `cnn.sharding`."""
+  spans = sorted({(index[0].start or 0, batch_size if index[0].stop is None
+                   else index[0].stop)
+                  for index in sharding.addressable_devices_indices_map(
+                      (batch_size,)).values()})
+  start, stop = spans[0][0], spans[-1][1]
+  if sum(b - a for a, b in spans) != stop - start:
+    raise ConfigError(
+        "This process's devices hold non-contiguous rows of the batch; build the mesh "
+        "with cnn.sharding.make_mesh (devices in process order).")
+  return slice(start, stop)
+
+
+def place_batch(arrays: Sequence[np.ndarray], sharding: jax.sharding.Sharding,
+                batch_size: int) -> tuple[Array, ...]:
+  """Global arrays of `batch_size` rows split by `sharding`, from this process's rows
+  (`process_rows`) of each: every process feeds only its addressable shards."""
+  return tuple(jax.make_array_from_process_local_data(
+      sharding, np.asarray(a), (batch_size, *np.shape(a)[1:])) for a in arrays)
+
+
 # ----------------------------------------------------------------------------------
 # On the host
 # ----------------------------------------------------------------------------------
@@ -254,11 +278,13 @@ def _default_out_size(split: Split, out_size) -> tuple[int, int]:
 
 
 def eval_batches(split: Split, batch_size: int, *, mean, std,
-                 out_size: Optional[Sequence[int]] = None,
-                 workers: int = 4) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                 out_size: Optional[Sequence[int]] = None, workers: int = 4,
+                 rows: slice = slice(None)
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """(images float32, targets int32, mask float32) covering `split` exactly once.
 
   The last partial batch is padded with copies of the last example whose mask is 0.
+  `rows` picks the rows of each batch to build (a process's share, `process_rows`).
   In-memory images are centre-cropped to `out_size`; streamed ones get the
   evaluation view (`augment.host_center_fit`).
   """
@@ -269,7 +295,7 @@ def eval_batches(split: Split, batch_size: int, *, mean, std,
   pool = concurrent.futures.ThreadPoolExecutor(workers) if split.streamed else None
   try:
     for start in range(0, n, batch_size):
-      position = np.arange(start, start + batch_size)
+      position = np.arange(start, start + batch_size)[rows]
       mask = (position < n).astype(np.float32)
       index = np.minimum(position, n - 1)
       if split.streamed:
@@ -316,9 +342,12 @@ class StreamingBatches:
     self._fill = np.clip(np.rint(self.mean * 255), 0, 255).astype(np.uint8)
     self._key = jax.random.key(seed)
     self._sharding = None
+    self._rows = slice(None)
     if mesh is not None:
       sharding.check_batch_size(batch_size, mesh)
       self._sharding = NamedSharding(mesh, P("data" if "data" in mesh.axis_names else None))
+      # Each process decodes only the rows its devices hold.
+      self._rows = process_rows(self._sharding, batch_size)
     self._indices = jax.jit(lambda step: batch_indices(self._key, step, self.num_examples,
                                                        batch_size))
     self._seeds = jax.jit(lambda step: jax.random.key_data(augment_key(self._key, step)))
@@ -330,7 +359,8 @@ class StreamingBatches:
     return np.asarray(self._indices(np.int32(step)))
 
   def batch_at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """(images float32 (B, h, w, C), labels int32) of the batch at `step`, on the host."""
+    """(images float32 (B, h, w, C), labels int32) of the batch at `step`, on the host:
+    with a mesh over several processes, only this process's rows of it."""
     seeds = [int(s) for s in np.asarray(self._seeds(np.int32(step))).ravel()]
 
     def one(item: tuple[int, int]) -> tuple[np.ndarray, Any]:
@@ -342,7 +372,7 @@ class StreamingBatches:
       rng = np.random.default_rng([*seeds, position])
       return self._augment(np.asarray(image), rng, self.out_size, self._fill), label
 
-    examples = list(self._pool.map(one, enumerate(self.indices(step))))
+    examples = list(self._pool.map(one, list(enumerate(self.indices(step)))[self._rows]))
     images = np.stack([x for x, _ in examples])
     labels = np.asarray([y for _, y in examples], np.int32)
     return normalize_np(images, self.mean, self.std), labels
@@ -359,8 +389,8 @@ class StreamingBatches:
       try:
         while not stop.is_set() and (end is None or step < end):
           batch = self.batch_at(step)
-          batch = jax.device_put(batch, self._sharding) if self._sharding else \
-              jax.device_put(batch)
+          batch = (place_batch(batch, self._sharding, self.batch_size) if self._sharding
+                   else jax.device_put(batch))
           while not stop.is_set():
             try:
               ready.put((step, batch), timeout=0.1)
