@@ -141,7 +141,7 @@ def test_evaluate_restores_and_reports_errors(tmp_path):
 @pytest.mark.parametrize("override,needle", [
     ("--config.train.batch_sizee=3", "train.batch_size"),
     ("--config.optim.name=sgdd", "sgd"),
-    ("--config.train.batch_size=abc", "must be of type int"),
+    ("--config.train.batch_size=abc", "batch_size must be a positive int"),
     ("--config.train.batch_size=0", "positive"),
     ("--config.model.name=resnet57", "Unknown model"),
 ])
