@@ -42,6 +42,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--batch-size", type=int, default=256)
   args = parser.parse_args(argv)
   with exit_on_user_error():
+    from cnn import compilation_cache
+    compilation_cache.enable()   # a resumed or repeated run skips recompiling
     from cnn import transfer  # pylint: disable=import-outside-toplevel
     result = transfer.extract_features(
         args.workdir, split=args.split, source=args.source, data_dir=args.data_dir,

@@ -159,6 +159,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(argv)
   root = pathlib.Path(args.root)
   with exit_on_user_error():
+    from cnn import compilation_cache
+    compilation_cache.enable()   # a resumed or repeated run skips recompiling
     try:
       shots = sorted({int(s) for s in args.shots.split(",") if s.strip()})
     except ValueError:

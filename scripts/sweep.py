@@ -176,6 +176,8 @@ def summarize(results: list[dict], wall: float) -> str:
 def main(argv: list[str] | None = None) -> int:
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   with exit_on_user_error():
+    from cnn import compilation_cache
+    compilation_cache.enable()   # a resumed or repeated run skips recompiling
     from cnn import sweep
     spec_path, sep, preset = args.spec.partition(":")
     spec = str(pathlib.Path(spec_path).resolve()) + (sep + preset)

@@ -36,6 +36,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> int:
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   with exit_on_user_error():
+    from cnn import compilation_cache
+    compilation_cache.enable()   # a resumed or repeated run skips recompiling
     from cnn import sharding
     sharding.maybe_initialize_distributed()
     from cnn import config as config_lib
