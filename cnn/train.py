@@ -132,14 +132,17 @@ def _finite(tree) -> jax.Array:
   if not leaves:
     return jnp.array(True)
   # One reduction over the concatenated leaves, not one per leaf: XLA:CPU compiles
-  # every reduction as its own kernel, and the copy costs microseconds.
+  # every reduction as its own kernel, and the copy (a few MB) takes well under 1 ms.
   flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
   return jnp.all(jnp.isfinite(flat))
 
 
 def _sum_squares(tree) -> jax.Array:
   """The squared L2 norm of all leaves, as one reduction (see `_finite`)."""
-  flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)])
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros([], jnp.float32)
+  flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
   return jnp.sum(jnp.square(flat))
 
 
@@ -186,6 +189,9 @@ def apply_update(state: TrainState, grads, new_stats, metrics, *, tx, schedule,
                            bad_groups)
     return state.params, state.batch_stats, state.opt_state, bad_groups
 
+  # One conditional, not a `where(ok, new, old)` per leaf: XLA:CPU compiled that select,
+  # gated by reductions over the same new values, 3-14x slower than this whole update
+  # (benchmarks/engine_step.py --compile_table); at run time it only picks buffers.
   params, batch_stats, opt_state, bad_groups = jax.lax.cond(
       ok, take, keep, new_params, new_stats, new_opt_state, state.bad_groups)
   new_state = state.replace(
