@@ -6,7 +6,7 @@
 The networks are the ones `cnn.models` builds, layer for layer, with the same
 parameter count (benchmark.py warns when the counts differ):
 
-- resnet20 / resnet56 / plain56 (He et al. 2016 section 4.2): 3x3 conv (no bias), BN,
+- resnet{20,32,44,56,110} / plain{same} (He et al. 2016 section 4.2): 3x3 conv (no bias), BN,
   ReLU; three stages of basic blocks with 16, 32, 64 filters, the first block of
   stages 2 and 3 striding by 2; option-A shortcuts (every second pixel, zero channels
   appended); global average pool; Linear. Plain nets drop the additions.
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CIFAR_DEPTHS = {"resnet20": (20, True), "resnet56": (56, True), "plain56": (56, False),
-                "resnet32": (32, True), "resnet44": (44, True), "plain20": (20, False)}
+CIFAR_DEPTHS = {f"{family}{depth}": (depth, family == "resnet")
+                for family in ("resnet", "plain") for depth in (20, 32, 44, 56, 110)}
 
 
 class BasicBlock(nn.Module):

@@ -104,7 +104,7 @@ class Conv(nn.Module):
   groups: int = 1
   use_bias: bool = True
   strict: bool = True
-  impl: str = "xla"
+  impl: str = "auto"
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable = nn.initializers.lecun_normal()
@@ -190,7 +190,7 @@ class SeparableConv(nn.Module):
   dilation: int | Sequence[int] = 1
   depth_multiplier: int = 1
   use_bias: bool = False
-  impl: str = "xla"
+  impl: str = "auto"
   dtype: Optional[Dtype] = None
   kernel_init: Callable = nn.initializers.lecun_normal()
 
@@ -550,6 +550,6 @@ def apply_kernel(image: Array, kernel: Array | np.ndarray | str,
 
 # Factories that models bind once, so a whole network switches implementation or
 # dtype by one argument (the flax imagenet example's `partial(nn.Conv, ...)` idiom).
-def conv_factory(impl: str = "xla", dtype: Optional[Dtype] = None,
+def conv_factory(impl: str = "auto", dtype: Optional[Dtype] = None,
                  kernel_init: Callable = he_normal) -> Callable[..., Conv]:
   return functools.partial(Conv, impl=impl, dtype=dtype, kernel_init=kernel_init)

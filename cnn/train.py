@@ -124,7 +124,37 @@ def loss_fn(params, batch_stats, images, labels, rng, *, model, cfg: StepConfig)
 
 
 def _finite(tree) -> jax.Array:
-  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+  """One bool: every element of every leaf of `tree` is finite."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.array(True)
+  # One reduction over the concatenated leaves, not one per leaf: XLA:CPU compiles
+  # every reduction as its own kernel, and the copy (a few MB) takes well under 1 ms.
+  flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
+  return jnp.all(jnp.isfinite(flat))
+
+
+def _sum_squares(tree) -> jax.Array:
+  """The squared L2 norm of all leaves, as one reduction (see `_finite`)."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros([], jnp.float32)
+  flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
+  return jnp.sum(jnp.square(flat))
+
+
+def _nonfinite_groups(grads, new_params, groups: list[str]) -> jax.Array:
+  """bool[groups]: the groups with a non-finite gradient or new parameter.
+
+  One running count over all the groups' values, read at each group's end, rather
+  than a reduction per group: only a bad step runs it, but every step compiles it.
+  """
+  per_group = [jax.tree.leaves((grads[g], new_params[g])) for g in groups]
+  flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32)
+                          for leaves in per_group for x in leaves])
+  ends = np.cumsum([sum(x.size for x in leaves) for leaves in per_group]) - 1
+  counts = jnp.cumsum((~jnp.isfinite(flat)).astype(jnp.int32))[ends]
+  return jnp.diff(counts, prepend=0) > 0
 
 
 def apply_update(state: TrainState, grads, new_stats, metrics, *, tx, schedule,
@@ -140,29 +170,45 @@ def apply_update(state: TrainState, grads, new_stats, metrics, *, tx, schedule,
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   updates = jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates)
   new_params = optax.apply_updates(state.params, updates)
+  live = state.halted_at < 0
   # Finite gradients can still overflow in the update (a huge learning rate): the
   # new parameters are checked too, so no checkpoint ever holds a non-finite one.
-  group_ok = jnp.array([_finite(grads[g]) & _finite(new_params[g]) for g in groups])
-  ok = jnp.all(group_ok) & jnp.isfinite(metrics["loss"]) & (state.halted_at < 0)
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-  first_bad = (~ok) & (state.halted_at < 0)
-  stopping = cfg.nonfinite == "stop"
+  # One global flag; which groups were bad is worked out only on a bad step (below).
+  ok = _finite((grads, new_params)) & jnp.isfinite(metrics["loss"]) & live
+
+  def take(new_params, new_stats, new_opt_state, bad_groups):
+    return new_params, new_stats, new_opt_state, bad_groups
+
+  def keep(new_params, new_stats, new_opt_state, bad_groups):
+    # The first bad step records its non-finite groups; later ones (after a "stop",
+    # or further skips) keep the first record.
+    bad_groups = jnp.where(live, _nonfinite_groups(grads, new_params, groups),
+                           bad_groups)
+    return state.params, state.batch_stats, state.opt_state, bad_groups
+
+  # One conditional, not a `where(ok, new, old)` per leaf: XLA:CPU compiled that select,
+  # gated by reductions over the same new values, 3-14x slower than this whole update
+  # (benchmarks/engine_step.py --compile_table); at run time it only picks buffers.
+  params, batch_stats, opt_state, bad_groups = jax.lax.cond(
+      ok, take, keep, new_params, new_stats, new_opt_state, state.bad_groups)
   new_state = state.replace(
-      step=state.step + 1,
-      params=keep(new_params, state.params),
-      batch_stats=keep(new_stats, state.batch_stats),
-      opt_state=keep(new_opt_state, state.opt_state),
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
       skipped=state.skipped + (~ok).astype(jnp.int32),
-      halted_at=jnp.where(first_bad & stopping, state.step, state.halted_at),
-      bad_groups=jnp.where(first_bad, ~group_ok, state.bad_groups))
+      halted_at=jnp.where(~ok & live & (cfg.nonfinite == "stop"), state.step,
+                          state.halted_at),
+      bad_groups=bad_groups)
   metrics = dict(metrics)
-  metrics["grad_norm"] = optax.tree.norm(grads)
   if cfg.log_grad_norms:
     by_stage: dict[str, list] = {}
     for g in groups:
       by_stage.setdefault(models.stage_of(g), []).append(grads[g])
-    for stage, trees in by_stage.items():
-      metrics[f"grad_norm/{stage}"] = optax.tree.norm(trees)
+    squares = {stage: _sum_squares(trees) for stage, trees in by_stage.items()}
+    for stage, sq in squares.items():
+      metrics[f"grad_norm/{stage}"] = jnp.sqrt(sq)
+    # The global norm from the stages' sums: no second pass over the gradients.
+    metrics["grad_norm"] = jnp.sqrt(sum(squares.values()))
+  else:
+    metrics["grad_norm"] = jnp.sqrt(_sum_squares(grads))
   # The window of logged means lives in the state, so a resumed run logs exactly what
   # an uninterrupted one would.
   # Skipped (non-finite) steps do not enter the means.

@@ -1,6 +1,7 @@
 """Training throughput of a registered model, per convolution implementation.
 
-    python -m scripts.benchmark --model resnet20 --batch 128
+    python -m scripts.benchmark --model resnet20 --vs torch     # the engine's step
+    python -m scripts.benchmark --model resnet20 --batch 128 --step bare
     python -m scripts.benchmark --model resnet20 --conv_impl all      # xla vs gemm
     python -m scripts.benchmark --model resnet20 --conv_impl gemm --vs torch
 
@@ -10,9 +11,11 @@ and prints one JSON object: images per second as the median over several timed
 windows after warm-up, the step time, the compile time, the peak memory, the backend
 and the device.
 
-The step is self-contained (`make_benchmark_step`) so that it matches the PyTorch
-reference op for op; `cnn.train.make_train_step` adds the non-finite guards and the
-metric windows of real runs on top of the same forward and backward pass.
+``--step engine`` (the default for the CIFAR ResNets and plain nets) times the step
+`cnn.train.fit` runs, built by benchmarks/engine_step.py: fused input pipeline,
+non-finite guards, metric window. ``--step bare`` (the default for other models)
+times a self-contained step (`make_benchmark_step`) that matches the PyTorch
+reference op for op, on one fixed batch.
 
 The peak memory is the process's (both contenders with ``--conv_impl all``).
 
@@ -46,8 +49,8 @@ from cnn.errors import ConfigError, exit_on_user_error
 
 CONV_IMPLS = ("xla", "gemm", "auto", "all")
 # The models benchmarks/torch_reference.py rebuilds in PyTorch.
-TORCH_MODELS = ("lenet5", "plain20", "plain56", "resnet20", "resnet32", "resnet44",
-                "resnet56")
+TORCH_MODELS = ("lenet5", *(f"{family}{depth}" for family in ("resnet", "plain")
+                             for depth in (20, 32, 44, 56, 110)))
 # The pair `--conv_impl all` alternates.
 COMPARED_IMPLS = ("xla", "gemm")
 
@@ -234,6 +237,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--vs", choices=("torch",), default=None,
                       help="also time the PyTorch reference, alternating windows")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--step", choices=("auto", "engine", "bare"), default="auto",
+                      help="engine: cnn.train's step (CIFAR resnetN/plainN); bare: "
+                           "make_benchmark_step; auto: engine where it can")
   args = parser.parse_args(argv)
   if min(args.batch, args.steps, args.windows) < 1 or args.warmup < 0:
     raise ConfigError("--batch, --steps and --windows must be at least 1 and --warmup "
@@ -277,10 +283,32 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
   return report
 
 
+def is_cifar_resnet(model_name: str) -> bool:
+  """resnetN / plainN of the CIFAR family: the models the engine benchmark builds."""
+  return models.info(model_name).input_shape == (32, 32, 3) and \
+      model_name.startswith(("resnet", "plain"))
+
+
+def engine_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+  """benchmarks/engine_step.py's speed report for these arguments."""
+  from benchmarks import engine_step  # pylint: disable=import-outside-toplevel
+  if args.vs == "torch" and importlib.util.find_spec("torch") is None:
+    TorchRunner(args.model, args.batch, args.steps, 1)   # raises the one-line error
+  engine_step.disable_compilation_cache()
+  return engine_step.speed(argparse.Namespace(
+      model=args.model, batch=args.batch, width=None, steps=args.steps,
+      windows=args.windows, warmup=args.warmup, vs=args.vs, data="auto",
+      conv_impl="all" if args.conv_impl == "all" else args.conv_impl))
+
+
 def main(argv=None) -> None:
   with exit_on_user_error():
     args = parse_args(argv)
-    print(json.dumps(benchmark(args), indent=2))
+    step = args.step
+    if step == "auto":
+      step = "engine" if is_cifar_resnet(args.model) else "bare"
+    report = engine_benchmark(args) if step == "engine" else benchmark(args)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="use the best checkpoint instead of the latest")
   args, _ = cli.parse(parser, argv, overrides=False)
   with exit_on_user_error():
+    from cnn import compilation_cache
+    compilation_cache.enable()   # a resumed or repeated run skips recompiling
     from cnn import evaluation
     result = evaluation.evaluate_workdir(pathlib.Path(args.workdir), best=args.best)
   print(json.dumps(result))

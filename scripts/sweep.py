@@ -65,6 +65,8 @@ def build_parser():
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args, overrides = cli.parse(build_parser(), argv)
   with exit_on_user_error():
+    from cnn import compilation_cache  # pylint: disable=import-outside-toplevel
+    compilation_cache.enable()   # a resumed or repeated run skips recompiling
     from cnn import sweep  # pylint: disable=import-outside-toplevel
     options = sweep.SlurmOptions(
         timeout_min=args.timeout_min, partition=args.slurm_partition,

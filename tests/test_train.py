@@ -175,3 +175,21 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32():
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(s16.params))
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(s16.batch_stats))
   assert m16["loss"] == pytest.approx(m32["loss"], rel=2e-2)
+
+
+def test_compilation_cache_folder_and_opt_out(monkeypatch, tmp_path):
+  from cnn import compilation_cache
+  monkeypatch.setenv("CNN_COMPILATION_CACHE", "0")
+  assert compilation_cache.enable() is None
+  previous = jax.config.jax_compilation_cache_dir
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    monkeypatch.setenv("CNN_COMPILATION_CACHE", str(tmp_path / "cache"))
+    assert compilation_cache.enable() == str(tmp_path / "cache")
+    assert (tmp_path / "cache").is_dir()
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+    monkeypatch.delenv("CNN_COMPILATION_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compilation_cache.default_dir() == tmp_path / "xdg" / "cnn" / "jax"
+  finally:
+    jax.config.update("jax_compilation_cache_dir", previous)

@@ -83,7 +83,7 @@ class AlexNet(nn.Module):
   groups: int = 1
   fc_width: int = 4096
   dropout: float = 0.5
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Any] = None
 
   @nn.compact

@@ -70,7 +70,7 @@ class DenseNet(nn.Module):
   bn_size: int = 4
   compression: float = 0.5
   num_classes: int = 1000
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
   bn_axis_name: Optional[str] = None
 
@@ -103,7 +103,7 @@ class DenseNet(nn.Module):
 
 def densenet(block_config: Sequence[int] = (6, 12, 24, 16), growth_rate: int = 32,
              num_init_features: int = 64, bn_size: int = 4, compression: float = 0.5,
-             num_classes: int = 1000, conv_impl: str = "xla",
+             num_classes: int = 1000, conv_impl: str = "auto",
              dtype: Optional[Dtype] = None,
              bn_axis_name: Optional[str] = None) -> DenseNet:
   """A DenseNet-BC; the defaults are DenseNet-121 (Huang et al. Table 1)."""

@@ -66,7 +66,7 @@ class ConvUnit(nn.Module):
   strides: int = 1
   batch_norm: bool = False
   use_bias: Optional[bool] = None
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
 
   @nn.compact
@@ -90,7 +90,7 @@ class _InceptionBase(nn.Module):
   pool_proj: int
   batch_norm: bool = False
   use_bias: Optional[bool] = None
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
 
   def unit(self, features: int, kernel_size, name: str) -> ConvUnit:
@@ -176,7 +176,7 @@ class AuxClassifier(nn.Module):
   size follows the pooled map (4 * 4 * 128 = 2048 at 224x224)."""
   num_classes: int
   width: float = 1.0
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
 
   @nn.compact
@@ -211,7 +211,7 @@ class GoogLeNet(nn.Module):
   aux_logits: bool = False
   width: float = 1.0
   dropout: float = 0.4
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
 
   @nn.compact
@@ -258,7 +258,7 @@ class InceptionV2Cifar(nn.Module):
   num_classes: int = 10
   width: float = 1.0
   dropout: float = 0.4
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
 
   STAGES = (
@@ -288,7 +288,7 @@ class InceptionV2Cifar(nn.Module):
 
 @register("googlenet", input_shape=(224, 224, 3), family="googlenet")
 def googlenet(num_classes: int = 1000, aux_logits: bool = False, width: float = 1.0,
-              dropout: float = 0.4, conv_impl: str = "xla",
+              dropout: float = 0.4, conv_impl: str = "auto",
               dtype: Optional[Dtype] = None) -> GoogLeNet:
   """GoogLeNet / Inception v1 (Szegedy et al. 2014, Table 1), optional aux classifiers."""
   return GoogLeNet(num_classes=num_classes, aux_logits=aux_logits, width=width,
@@ -297,7 +297,7 @@ def googlenet(num_classes: int = 1000, aux_logits: bool = False, width: float = 
 
 @register("inception_v2_cifar", input_shape=(32, 32, 3), family="googlenet")
 def inception_v2_cifar(num_classes: int = 10, width: float = 1.0, dropout: float = 0.4,
-                       conv_impl: str = "xla",
+                       conv_impl: str = "auto",
                        dtype: Optional[Dtype] = None) -> InceptionV2Cifar:
   """Course-sized CIFAR net of Inception v2/v3 factorised modules (not Inception-v3)."""
   return InceptionV2Cifar(num_classes=num_classes, width=width, dropout=dropout,

@@ -62,7 +62,7 @@ class LeNet5(nn.Module):
   pooling: str = "max"
   conv1_padding: int | str = "auto"
   dropout: float = 0.0
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Any] = None
 
   def _pad1(self, x: jax.Array) -> int:

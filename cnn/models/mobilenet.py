@@ -50,7 +50,7 @@ class DepthwiseSeparableBlock(nn.Module):
   (Howard et al. Figure 3). The depthwise stride does the downsampling."""
   features: int
   strides: int = 1
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
 
   @nn.compact
@@ -68,7 +68,7 @@ class MobileNetV1(nn.Module):
   """MobileNet v1 with width multiplier `width` (alpha)."""
   num_classes: int = 1000
   width: float = 1.0
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
 
   @nn.compact
@@ -95,7 +95,7 @@ class MobileNetV1(nn.Module):
           description="0.5 MobileNet-224 v1: 149M mult-adds, 1.3M parameters")
 @register("mobilenet_v1_025", input_shape=(224, 224, 3), family="mobilenet", width=0.25,
           description="0.25 MobileNet-224 v1: 41M mult-adds, 0.5M parameters")
-def mobilenet_v1(num_classes: int = 1000, width: float = 1.0, conv_impl: str = "xla",
+def mobilenet_v1(num_classes: int = 1000, width: float = 1.0, conv_impl: str = "auto",
                  dtype: Optional[Dtype] = None) -> MobileNetV1:
   """MobileNet v1 (Howard et al. 2017, Table 1) with width multiplier alpha = `width`."""
   return MobileNetV1(num_classes=num_classes, width=width, conv_impl=conv_impl,

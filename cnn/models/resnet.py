@@ -217,7 +217,7 @@ class ResNet(nn.Module):
   shortcut: str = "A"
   zero_init_residual: bool = False
   num_classes: int = 10
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
   bn_axis_name: Optional[str] = None
 
@@ -263,7 +263,7 @@ class ResNet(nn.Module):
 # ----------------------------------------------------------------------------------
 
 def cifar_resnet(depth: int, residual: bool = True, shortcut: str = "A",
-                 num_classes: int = 10, width: int = 16, conv_impl: str = "xla",
+                 num_classes: int = 10, width: int = 16, conv_impl: str = "auto",
                  dtype: Optional[Dtype] = None, zero_init_residual: bool = False,
                  bn_axis_name: Optional[str] = None) -> ResNet:
   """CIFAR-10 ResNet of `depth` = 6n + 2 layers (He et al. section 4.2), or its plain
@@ -286,7 +286,7 @@ def cifar_resnet(depth: int, residual: bool = True, shortcut: str = "A",
 
 def imagenet_resnet(depth: int, residual: bool = True, shortcut: str = "B",
                     num_classes: int = 1000, width: int = 64, groups: int = 1,
-                    width_per_group: int = 64, conv_impl: str = "xla",
+                    width_per_group: int = 64, conv_impl: str = "auto",
                     dtype: Optional[Dtype] = None, zero_init_residual: bool = False,
                     bn_axis_name: Optional[str] = None) -> ResNet:
   """ImageNet ResNet-18/34/50/101/152 (He et al. Table 1), or its plain twin with

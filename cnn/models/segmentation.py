@@ -165,7 +165,7 @@ class FCN(nn.Module):
   width: int = 64
   dropout: float = 0.5
   learn_final_upsample: bool = False
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
 
   def upsample(self, x: Array, factor: int, size: tuple[int, int], learned: bool,
@@ -220,7 +220,7 @@ class FCN(nn.Module):
           description="FCN-8s on VGG-16 (Long et al. 2015): pool3 and pool4 skips, "
                       "upsampled 8x")
 def fcn(num_classes: int = 21, stride: int = 32, width: int = 64, dropout: float = 0.5,
-        learn_final_upsample: bool = False, conv_impl: str = "xla",
+        learn_final_upsample: bool = False, conv_impl: str = "auto",
         dtype: Optional[Dtype] = None) -> FCN:
   """FCN (Long et al. 2015) with output stride 32, 16 or 8 on a VGG-16-style backbone."""
   return FCN(num_classes=num_classes, stride=stride, width=width, dropout=dropout,
@@ -236,7 +236,7 @@ class DoubleConv(nn.Module):
   features: int
   padding: str = "SAME"
   batch_norm: bool = False
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
 
   @nn.compact
@@ -263,7 +263,7 @@ class UNet(nn.Module):
   depth: int = 4
   padding: str = "SAME"
   batch_norm: bool = False
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
 
   @nn.compact
@@ -302,7 +302,7 @@ class UNet(nn.Module):
           description="The paper's U-Net: unpadded convolutions, cropped skips, "
                       "572x572 -> 388x388")
 def unet(num_classes: int = 2, width: int = 64, depth: int = 4, padding: str = "SAME",
-         batch_norm: bool = False, conv_impl: str = "xla",
+         batch_norm: bool = False, conv_impl: str = "auto",
          dtype: Optional[Dtype] = None) -> UNet:
   """U-Net (Ronneberger et al. 2015) with 'SAME' convolutions: output size = input size."""
   return UNet(num_classes=num_classes, width=width, depth=depth, padding=padding,

@@ -76,7 +76,7 @@ class VGG(nn.Module):
   classifier: str = "paper"
   fc_width: int = 4096
   dropout: float = 0.5
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Any] = None
 
   def _stages(self) -> Sequence[tuple[Any, ...]]:

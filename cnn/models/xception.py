@@ -53,7 +53,7 @@ class SepConvBN(nn.Module):
   """[ReLU] -> separable 3x3 conv (no bias) -> BN."""
   features: int
   relu_first: bool = True
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
 
   @nn.compact
@@ -71,7 +71,7 @@ class DownsampleBlock(nn.Module):
   plus a 1x1/2 convolution + BN on the shortcut."""
   features: Sequence[int]
   relu_first: bool = True
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
 
   @nn.compact
@@ -89,7 +89,7 @@ class DownsampleBlock(nn.Module):
 class MiddleBlock(nn.Module):
   """Middle-flow block: three [ReLU, sepconv, BN] with an identity shortcut."""
   features: int
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
 
   @nn.compact
@@ -107,7 +107,7 @@ class Xception(nn.Module):
   width: float = 1.0
   middle_blocks: int = 8
   dropout: float = 0.5
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
 
   @nn.compact
@@ -141,7 +141,7 @@ class Xception(nn.Module):
 
 @register("xception", input_shape=(299, 299, 3), family="xception")
 def xception(num_classes: int = 1000, width: float = 1.0, middle_blocks: int = 8,
-             dropout: float = 0.5, conv_impl: str = "xla",
+             dropout: float = 0.5, conv_impl: str = "auto",
              dtype: Optional[Dtype] = None) -> Xception:
   """Xception (Chollet 2017, Figure 5): 22,855,952 parameters (Table 3)."""
   return Xception(num_classes=num_classes, width=width, middle_blocks=middle_blocks,

@@ -42,6 +42,8 @@ def build_parser():
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args, _ = cli.parse(build_parser(), argv, overrides=False)
   with exit_on_user_error():
+    from cnn import compilation_cache  # pylint: disable=import-outside-toplevel
+    compilation_cache.enable()   # the study's runs share compiled steps across calls
     from experiments.finetune import study  # pylint: disable=import-outside-toplevel
     text = study.run(pathlib.Path(args.root), data=args.data, data_dir=args.data_dir,
                      shots=study.parse_shots(args.shots), seeds=args.seeds,
