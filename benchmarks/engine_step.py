@@ -194,13 +194,8 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
       runners = [EngineRunner(engine_config(args.model, conv_impl=impl, batch=args.batch,
                                             source=source, width=args.width))
                  for impl in impls]
-      for runner in runners:
-        runner.run(args.warmup)
-      for _ in range(args.windows):
-        for runner in runners:
-          runner.timed_window(args.steps)
-        if torch is not None:
-          torch.timed_window()
+      alternate(runners, torch, warmup=args.warmup, windows=args.windows,
+                steps=args.steps)
     finally:
       if torch is not None:
         torch.close()
@@ -287,7 +282,8 @@ def compile_table(args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.engine_step",
+                                   description=__doc__.split("\n")[0])
   parser.add_argument("--model", default="resnet20", help="resnetN or plainN")
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--width", type=int, default=None,
@@ -311,6 +307,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     raise ConfigError("--batch, --steps and --windows must be at least 1 and --warmup "
                       "at least 0.")
   return args
+
+
+def alternate(runners, torch, *, warmup: int, windows: int, steps: int) -> None:
+  """Warms every runner up, then times them in alternated windows (each JAX runner,
+  then PyTorch's, `windows` times), so machine noise falls on all of them alike."""
+  for runner in runners:
+    runner.run(warmup)
+  for _ in range(windows):
+    for runner in runners:
+      runner.timed_window(steps)
+    if torch is not None:
+      torch.timed_window()
 
 
 def main(argv=None) -> None:

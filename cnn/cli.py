@@ -106,3 +106,16 @@ def parse_shape(text: str) -> tuple[int, ...]:
         f"Cannot read input shape {text!r}; give positive height,width,channels such "
         "as 224,224,3.")
   return tuple(int(part) for part in parts)
+
+
+def emit(text: str, out: Optional[str] = None) -> None:
+  """Writes `text` to the file `out` (its folder made) and prints the path, or prints
+  `text` itself when there is no `out`."""
+  if out:
+    import pathlib  # pylint: disable=import-outside-toplevel
+    path = pathlib.Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(path)
+  else:
+    print(text, end="")

@@ -578,14 +578,16 @@ def draw_structure(out=None, *, model: str | None = None, workdir=None,
   return save(structure_figure(rows, title), out)
 
 
-def draw_segmentation(workdir, out="segmentation.png", *, count: int = 4,
-                      image_index: int = 0, best: bool = False) -> pathlib.Path:
-  """Image, truth and prediction of a segmentation run on `count` test canvases."""
-  from cnn import segmentation  # pylint: disable=import-outside-toplevel
+def _run_examples(workdir, task: str, experiment: str, count: int, image_index: int,
+                  best: bool):
+  """(run, state, step, index, normalised images) of `count` evaluation examples of a
+  `task` run from `image_index` on; one sentence for another task's run or bad range."""
+  from cnn import config as config_lib  # pylint: disable=import-outside-toplevel
   from cnn.data import pipeline  # pylint: disable=import-outside-toplevel
-  if not segmentation.is_segmentation_run(workdir):
-    raise _error(f"{workdir} is not a segmentation run; train one with python -m "
-                 "scripts.train --config experiments/segmentation_digits.py.")
+  found = config_lib.load_saved(workdir).task
+  if found != task:
+    raise _error(f"{workdir} is not a {task} run (task {found!r}); train one with "
+                 f"python -m scripts.train --config {experiment}.")
   if count <= 0:
     raise _error(f"--count must be positive, got {count}.")
   run, state, step = _restore(workdir, best)
@@ -594,7 +596,17 @@ def draw_segmentation(workdir, out="segmentation.png", *, count: int = 4,
   if len(index) == 0:
     raise _error(f"--image_index {image_index} is outside the {len(split)} evaluation "
                  "images.")
-  images = pipeline.normalize_np(split.x[index], ds.mean, ds.std)
+  return run, state, step, index, pipeline.normalize_np(split.x[index], ds.mean, ds.std)
+
+
+def draw_segmentation(workdir, out="segmentation.png", *, count: int = 4,
+                      image_index: int = 0, best: bool = False) -> pathlib.Path:
+  """Image, truth and prediction of a segmentation run on `count` test canvases."""
+  from cnn import segmentation  # pylint: disable=import-outside-toplevel
+  run, state, step, index, images = _run_examples(
+      workdir, "segmentation", "experiments/segmentation_digits.py", count, image_index,
+      best)
+  split, ds = run.dataset.eval, run.dataset
   predictions = segmentation.predict(run, state, images)
   fig = segmentation_figure(split.x[index], split.y[index], predictions, ds.num_classes,
                             f"{run.config.model.name} after {step} steps ({ds.name})")
@@ -605,23 +617,12 @@ def draw_detection(workdir, out="detection.png", *, count: int = 8, image_index:
                    min_score: float = 0.5, best: bool = False) -> pathlib.Path:
   """True and predicted boxes of a detection run on `count` test canvases."""
   import jax  # pylint: disable=import-outside-toplevel
-  from cnn import config as config_lib, tasks  # pylint: disable=import-outside-toplevel
-  from cnn.data import pipeline  # pylint: disable=import-outside-toplevel
-  task_name = config_lib.load_saved(workdir).task
-  if task_name != "detection":
-    raise _error(f"{workdir} is not a detection run (task {task_name!r}); train "
-                 "experiments/detection_digits.py.")
-  if count <= 0:
-    raise _error(f"--count must be positive, got {count}.")
-  run, state, step = _restore(workdir, best)
+  from cnn import tasks  # pylint: disable=import-outside-toplevel
+  run, state, step, index, images = _run_examples(
+      workdir, "detection", "experiments/detection_digits.py", count, image_index, best)
   split, ds = run.dataset.eval, run.dataset
-  index = np.arange(image_index, min(image_index + count, len(split)))
-  if len(index) == 0:
-    raise _error(f"--image_index {image_index} is outside the {len(split)} evaluation "
-                 "images.")
   task = tasks.get("detection")
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  images = pipeline.normalize_np(split.x[index], ds.mean, ds.std)
   detections = np.asarray(jax.jit(lambda v, x: task.predict(run.model, v, x))(
       variables, images))
   fig = detection_figure(

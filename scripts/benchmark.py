@@ -255,13 +255,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
       if args.vs == "torch" else None
   try:
     runners = [JaxRunner(args.model, impl, args.batch, args.seed) for impl in impls]
-    for runner in runners:
-      runner.run(args.warmup)
-    for _ in range(args.windows):
-      for runner in runners:
-        runner.timed_window(args.steps)
-      if torch is not None:
-        torch.timed_window()
+    from benchmarks import engine_step  # pylint: disable=import-outside-toplevel
+    engine_step.alternate(runners, torch, warmup=args.warmup, windows=args.windows,
+                          steps=args.steps)
   finally:
     if torch is not None:
       torch.close()

@@ -11,7 +11,6 @@ own report lives with the study (python -m experiments.degradation.report).
 """
 from __future__ import annotations
 
-import pathlib
 import sys
 from typing import Optional, Sequence
 
@@ -40,13 +39,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not columns:   # what every run has, so the table has no holes
       columns = sorted(set.intersection(*(set(runs.final_metrics(r)) for r in found)))
     text = runs.table(found, columns, mean_seeds=args.mean_seeds, percent=args.percent)
-  if args.out:
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(out)
-  else:
-    print(text, end="")
+  cli.emit(text, args.out)
   return 0
 
 

@@ -12,7 +12,6 @@ experiments/degradation/analysis.py; a table of any runs is `python -m scripts.r
 """
 from __future__ import annotations
 
-import pathlib
 import sys
 from typing import Optional
 
@@ -91,13 +90,7 @@ def main(argv: list[str] | None = None) -> int:
       raise ConfigError(f"No plain or ResNet runs under {args.root}; pass the --root of "
                         "a degradation sweep (folders with config.json and metrics.jsonl).")
     text = render(runs, args.root)
-    if args.out:
-      out = pathlib.Path(args.out)
-      out.parent.mkdir(parents=True, exist_ok=True)
-      out.write_text(text)
-      print(out)
-    else:
-      print(text, end="")
+    cli.emit(text, args.out)
   return 0
 
 
