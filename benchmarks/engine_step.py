@@ -169,7 +169,7 @@ class EngineRunner:
 
 def torch_runner(model: str, batch: int, steps: int):
   """scripts.benchmark's PyTorch subprocess, or (None, why) when it cannot run."""
-  from scripts import benchmark  # pylint: disable=import-outside-toplevel
+  from benchmarks import train_step as benchmark  # pylint: disable=import-outside-toplevel
   if importlib.util.find_spec("torch") is None:
     return None, "PyTorch is not installed (pip install torch); torch side skipped"
   if model not in benchmark.TORCH_MODELS:
@@ -179,7 +179,7 @@ def torch_runner(model: str, batch: int, steps: int):
 
 def speed(args: argparse.Namespace) -> dict[str, Any]:
   """Compiles each implementation's engine step, then times alternated windows."""
-  from scripts import benchmark  # pylint: disable=import-outside-toplevel
+  from benchmarks import train_step as benchmark  # pylint: disable=import-outside-toplevel
   impls = ALL_IMPLS if args.conv_impl == "all" else tuple(args.conv_impl.split(","))
   report: dict[str, Any] = {"model": args.model, "batch": args.batch,
                             "steps_per_window": args.steps, "windows": args.windows,
@@ -260,7 +260,7 @@ def compile_times(config, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
 
 
 def compile_table(args: argparse.Namespace) -> dict[str, Any]:
-  from scripts import benchmark  # pylint: disable=import-outside-toplevel
+  from benchmarks import train_step as benchmark  # pylint: disable=import-outside-toplevel
   families = FAMILIES if args.families == "all" else tuple(args.families.split(","))
   report: dict[str, Any] = {"conv_impl": args.conv_impl, "batch": args.batch,
                             "width": args.width or 16, **benchmark.environment(),
