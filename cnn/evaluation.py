@@ -4,7 +4,6 @@ from __future__ import annotations
 import pathlib
 from typing import Any, Optional
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -16,15 +15,10 @@ from cnn import transfer
 from cnn.errors import ConfigError, unknown_choice
 
 
-def load_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  """The complete config a workdir's run was trained with."""
-  return config_lib.load_saved(workdir)
-
-
 def restore_state(workdir: pathlib.Path, *, best: bool = False):
   """(run, state, step) of a workdir's latest (or best) checkpoint."""
   workdir = pathlib.Path(workdir)
-  config = load_run_config(workdir)
+  config = config_lib.load_saved(workdir)
   run = train.build_run(config)
   state, shardings = train.init_state(run)
   tc = run.config.train
@@ -43,12 +37,7 @@ def evaluate_workdir(workdir: pathlib.Path, *, best: bool = False) -> dict[str, 
   """The task's scores of a run's checkpoint on its evaluation split (classification:
   loss and top-1/top-5 error; segmentation: mean IoU and FCN's other scores)."""
   run, state, step = restore_state(workdir, best=best)
-  eval_step = jax.jit(train.make_eval_step(run.model, run.step_cfg.task))
-  ds, tc = run.dataset, run.config.train
-  result = train.evaluate(eval_step, state, ds.eval, batch_size=tc.eval_batch_size or
-                          tc.batch_size, mean=ds.mean, std=ds.std, mesh=run.mesh,
-                          out_size=run.out_size, task=run.step_cfg.task)
-  return {"step": int(step), **result}
+  return {"step": int(step), **train.evaluate_run(run, state)}
 
 
 def extract_features(workdir: str | pathlib.Path, *, split: str = "eval",

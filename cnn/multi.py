@@ -169,18 +169,11 @@ def evaluate_all(runs: Sequence[Any], states: Any, eval_step) -> list[dict[str, 
     ds = runs[members[0]].dataset
     sub = states if len(members) == len(runs) else jax.tree.map(
         lambda x: x[np.asarray(members)], states)
-    totals, batches = None, []
-    for images, labels, mask in data_lib.eval_batches(ds.eval, bs, mean=ds.mean,
-                                                      std=ds.std,
-                                                      out_size=runs[0].out_size):
-      out = eval_step(sub, jnp.asarray(images), jnp.asarray(labels, jnp.int32),
-                      jnp.asarray(mask, jnp.float32))
-      if task.sum_on_device:
-        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-      else:
-        batches.append(jax.device_get(out))
-    if task.sum_on_device:
-      batches = [jax.device_get(totals)]
+    outputs = (eval_step(sub, jnp.asarray(images), jnp.asarray(labels, jnp.int32),
+                         jnp.asarray(mask, jnp.float32))
+               for images, labels, mask in data_lib.eval_batches(
+                   ds.eval, bs, mean=ds.mean, std=ds.std, out_size=runs[0].out_size))
+    batches = task.gather(outputs)
     for j, i in enumerate(members):
       results[i] = task.eval_scores([jax.tree.map(lambda x, j=j: x[j], b)
                                      for b in batches])

@@ -40,13 +40,10 @@ trains, evaluates, sweeps and stacks seeds through the usual scripts:
 """
 from __future__ import annotations
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn import config as config_lib
 # The digit canvases live in cnn.data.canvas, the loss and metrics in cnn.metrics;
 # these names stay importable from here.
 from cnn.data.canvas import (CANVAS_SOURCES, INK_FRACTION, MNIST_BOX,  # noqa: F401
@@ -54,13 +51,6 @@ from cnn.data.canvas import (CANVAS_SOURCES, INK_FRACTION, MNIST_BOX,  # noqa: F
 from cnn.metrics import (IGNORE, confusion_matrix, mean_pixel_cross_entropy,  # noqa: F401
                          pixel_cross_entropy, pixel_topk_correct)
 from cnn.metrics import segmentation_scores as scores  # noqa: F401
-
-
-def is_segmentation_run(workdir: str | pathlib.Path) -> bool:
-  """Whether a workdir holds a segmentation run (config.json's task)."""
-  if not (pathlib.Path(workdir) / "config.json").exists():
-    return False
-  return config_lib.load_saved(workdir).task == "segmentation"
 
 
 def predict(run, state, images: np.ndarray) -> np.ndarray:

@@ -338,14 +338,10 @@ def write_test_eval(workdir: str | pathlib.Path) -> Optional[dict[str, Any]]:
   saved = json.loads((workdir / "config.json").read_text())
   if not saved.get("data", {}).get("validation_size"):
     return None
-  import jax
   from cnn import evaluation, train
   run, state, step = evaluation.restore_state(workdir)
-  ds, tc, task = run.dataset, run.config.train, run.step_cfg.task
-  result = train.evaluate(jax.jit(train.make_eval_step(run.model, task)), state, ds.test,
-                          batch_size=tc.eval_batch_size or tc.batch_size, mean=ds.mean,
-                          std=ds.std, mesh=run.mesh, out_size=run.out_size, task=task)
-  result = {"step": int(step), "split": "test", **result}
+  result = {"step": int(step), "split": "test",
+            **train.evaluate_run(run, state, run.dataset.test)}
   train.write_atomic(path, json.dumps(result, indent=2) + "\n")
   return result
 

@@ -101,6 +101,17 @@ class Task:
             "top5": jnp.sum(metrics_lib.topk_correct(logits, labels, 5) * mask),
             "count": jnp.sum(mask)}
 
+  def gather(self, outputs) -> list[dict[str, Any]]:
+    """The host-side batches `eval_scores` takes, from the eval step's outputs: one
+    sum added up on the device (one transfer per evaluation), or every batch's
+    per-example arrays when the task does not sum on the device."""
+    if not self.sum_on_device:
+      return [jax.device_get(out) for out in outputs]
+    totals = None
+    for out in outputs:
+      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    return [jax.device_get(totals)]
+
   def eval_scores(self, batches: Sequence[dict[str, Any]]) -> dict[str, Any]:
     t = sum_batches(batches)
     n = max(float(t["count"]), 1.0)
@@ -133,11 +144,7 @@ class SegmentationTask(Task):
                           f"task; use {', '.join(canvas.CANVAS_SOURCES)} or "
                           "tfds:oxford_iiit_pet.")
       return super().load_data(config)
-    c = d.canvas
-    return canvas.load_canvas(d.source, size=c.size, min_digits=c.min_digits,
-                              max_digits=c.max_digits, train_size=c.train_size,
-                              test_size=c.test_size, seed=c.seed,
-                              data_dir=d.data_dir)
+    return canvas.load_canvas(d.source, **canvas.config_kwargs(config))
 
   def loss(self, output, labels, *, label_smoothing: float = 0.0):
     del label_smoothing
@@ -184,11 +191,8 @@ class _CanvasTargetTask(Task):
       raise ConfigError(f"task={self.name!r} reads the digit canvases' {self.target} "
                         f"labels; set data.source to one of "
                         f"{', '.join(canvas.CANVAS_SOURCES)} (got {d.source!r}).")
-    c = d.canvas
-    return canvas.load_canvas(d.source, size=c.size, min_digits=c.min_digits,
-                              max_digits=c.max_digits, train_size=c.train_size,
-                              test_size=c.test_size, seed=c.seed, data_dir=d.data_dir,
-                              target=self.target)
+    return canvas.load_canvas(d.source, target=self.target,
+                              **canvas.config_kwargs(config))
 
 
 class MultiLabelTask(_CanvasTargetTask):

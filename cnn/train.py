@@ -123,24 +123,26 @@ def loss_fn(params, batch_stats, images, labels, rng, *, model, cfg: StepConfig)
   return loss + optim.l2_penalty(params, cfg.weight_decay_in_loss), (metrics, new_stats)
 
 
-def _finite(tree) -> jax.Array:
-  """One bool: every element of every leaf of `tree` is finite."""
+def _flat(tree) -> jax.Array:
+  """Every element of every leaf of `tree` in one float32 vector (empty for none).
+
+  The guards reduce over it once instead of once per leaf: XLA:CPU compiles every
+  reduction as its own kernel, and the copy (a few MB) takes well under 1 ms.
+  """
   leaves = jax.tree.leaves(tree)
   if not leaves:
-    return jnp.array(True)
-  # One reduction over the concatenated leaves, not one per leaf: XLA:CPU compiles
-  # every reduction as its own kernel, and the copy (a few MB) takes well under 1 ms.
-  flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
-  return jnp.all(jnp.isfinite(flat))
+    return jnp.zeros([0], jnp.float32)
+  return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
+
+
+def _finite(tree) -> jax.Array:
+  """One bool: every element of every leaf of `tree` is finite."""
+  return jnp.all(jnp.isfinite(_flat(tree)))
 
 
 def _sum_squares(tree) -> jax.Array:
-  """The squared L2 norm of all leaves, as one reduction (see `_finite`)."""
-  leaves = jax.tree.leaves(tree)
-  if not leaves:
-    return jnp.zeros([], jnp.float32)
-  flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
-  return jnp.sum(jnp.square(flat))
+  """The squared L2 norm of all leaves, as one reduction."""
+  return jnp.sum(jnp.square(_flat(tree)))
 
 
 def _nonfinite_groups(grads, new_params, groups: list[str]) -> jax.Array:
@@ -149,10 +151,9 @@ def _nonfinite_groups(grads, new_params, groups: list[str]) -> jax.Array:
   One running count over all the groups' values, read at each group's end, rather
   than a reduction per group: only a bad step runs it, but every step compiles it.
   """
-  per_group = [jax.tree.leaves((grads[g], new_params[g])) for g in groups]
-  flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32)
-                          for leaves in per_group for x in leaves])
-  ends = np.cumsum([sum(x.size for x in leaves) for leaves in per_group]) - 1
+  per_group = [(grads[g], new_params[g]) for g in groups]
+  flat = _flat(per_group)
+  ends = np.cumsum([sum(x.size for x in jax.tree.leaves(t)) for t in per_group]) - 1
   counts = jnp.cumsum((~jnp.isfinite(flat)).astype(jnp.int32))[ends]
   return jnp.diff(counts, prepend=0) > 0
 
@@ -290,21 +291,34 @@ def evaluate(eval_step: Callable, state: TrainState, split, *, batch_size: int, 
              std, mesh, out_size=None, task: str = "classification") -> dict[str, Any]:
   """The task's scores over the whole split, exactly once per example (for
   classification: loss and top-1/top-5 error)."""
-  t = tasks.get(task)
-  totals, batches = None, []
   shard = sharding.batch_sharding(mesh)
   # Each process builds and places only the rows its devices hold.
   rows = data_lib.process_rows(shard, batch_size)
-  for images, labels, mask in data_lib.eval_batches(split, batch_size, mean=mean, std=std,
-                                                    out_size=out_size, rows=rows):
-    batch = data_lib.place_batch((np.asarray(images), np.asarray(labels, np.int32),
-                                  np.asarray(mask, np.float32)), shard, batch_size)
-    out = eval_step(state, *batch)
-    if t.sum_on_device:     # sums stay on the device: one transfer per evaluation
-      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-    else:
-      batches.append(jax.device_get(out))
-  return t.eval_scores([jax.device_get(totals)] if t.sum_on_device else batches)
+
+  def outputs():
+    for images, labels, mask in data_lib.eval_batches(split, batch_size, mean=mean,
+                                                      std=std, out_size=out_size,
+                                                      rows=rows):
+      batch = data_lib.place_batch((np.asarray(images), np.asarray(labels, np.int32),
+                                    np.asarray(mask, np.float32)), shard, batch_size)
+      yield eval_step(state, *batch)
+
+  t = tasks.get(task)
+  return t.eval_scores(t.gather(outputs()))
+
+
+def evaluate_run(run: Run, state: TrainState, split=None, eval_step=None
+                 ) -> dict[str, Any]:
+  """`evaluate` of a run's state on `split` (default its evaluation split) with the
+  run's eval batch size, statistics, mesh and task; `eval_step` defaults to the jitted
+  `make_eval_step` of its model."""
+  if eval_step is None:
+    eval_step = jax.jit(make_eval_step(run.model, run.step_cfg.task))
+  tc, ds = run.config.train, run.dataset
+  return evaluate(eval_step, state, ds.eval if split is None else split,
+                  batch_size=tc.eval_batch_size or tc.batch_size, mean=ds.mean,
+                  std=ds.std, mesh=run.mesh, out_size=run.out_size,
+                  task=run.step_cfg.task)
 
 
 # ----------------------------------------------------------------------------------
@@ -344,6 +358,14 @@ def _example_shape(split, out_size) -> tuple[int, int, int]:
   return (*(out_size or (h, w)), c)
 
 
+def train_batch_fn(config, dataset, out_size) -> Callable:
+  """The on-device batch function of a run: its seed's order, ``data.augment``, the
+  dataset's statistics (`cnn.data.make_train_batch_fn`)."""
+  return data_lib.make_train_batch_fn(
+      len(dataset.train), config.train.batch_size, augment=config.data.augment,
+      mean=dataset.mean, std=dataset.std, seed=config.seed, out_size=out_size)
+
+
 def _check_input_pipeline(config, dataset, mesh, out_size) -> None:
   """Input mistakes that would otherwise surface only when the steps are compiled (an
   unknown augmentation, a crop larger than the images, a batch larger than the data,
@@ -356,9 +378,7 @@ def _check_input_pipeline(config, dataset, mesh, out_size) -> None:
     if augment not in data_lib.HOST_AUGMENTATIONS:
       raise unknown_choice("data.augment", augment, data_lib.HOST_AUGMENTATIONS)
     return
-  batch_fn = data_lib.make_train_batch_fn(
-      len(dataset.train), tc.batch_size, augment=augment, mean=dataset.mean,
-      std=dataset.std, seed=config.seed, out_size=out_size)
+  batch_fn = train_batch_fn(config, dataset, out_size)
   x, y = dataset.train.x, dataset.train.y
   jax.eval_shape(batch_fn, jax.ShapeDtypeStruct(x.shape, x.dtype),
                  jax.ShapeDtypeStruct(y.shape, jnp.int32),
@@ -425,9 +445,7 @@ def compile_steps(run: Run, shardings) -> tuple[Callable, Callable, Any]:
                          out_shardings=(shardings, sharding.replicated(mesh)),
                          donate_argnums=0)
     return train_step, eval_step, None
-  batch_fn = data_lib.make_train_batch_fn(
-      len(ds.train), cfg.train.batch_size, augment=cfg.data.augment,
-      mean=ds.mean, std=ds.std, seed=cfg.seed, out_size=run.out_size)
+  batch_fn = train_batch_fn(cfg, ds, run.out_size)
 
   def fused(state, x_all, y_all):
     images, labels = batch_fn(x_all, y_all, state.step)
@@ -836,13 +854,9 @@ def close_members(members: list[Member], singles: list[TrainState],
 def single_program(run: Run, state: TrainState, shardings) -> Program:
   """The program of one run: the jitted (or shard_map) step over the mesh."""
   train_step, eval_step, device_data = compile_steps(run, shardings)
-  tc, ds = run.config.train, run.dataset
-  eval_bs = tc.eval_batch_size or tc.batch_size
 
   def evaluate_one(state):
-    return [evaluate(eval_step, state, ds.eval, batch_size=eval_bs, mean=ds.mean,
-                     std=ds.std, mesh=run.mesh, out_size=run.out_size,
-                     task=run.step_cfg.task)]
+    return [evaluate_run(run, state, eval_step=eval_step)]
 
   return Program(train_step, feed(run, device_data, int(state.step)), evaluate_one,
                  unstack=lambda s: [s], stack=lambda singles: singles[0])
@@ -852,11 +866,7 @@ def stacked_program(runs: list[Run], impl: str) -> Program:
   """The program of k runs: their states stacked, one step for all (cnn.multi)."""
   run, k = runs[0], len(runs)
   core = make_train_step(run.model, run.tx, run.schedule, run.step_cfg)
-  cfg = run.config
-  batch_fns = [data_lib.make_train_batch_fn(
-      len(r.dataset.train), cfg.train.batch_size, augment=cfg.data.augment,
-      mean=r.dataset.mean, std=r.dataset.std, seed=r.config.seed, out_size=r.out_size)
-      for r in runs]
+  batch_fns = [train_batch_fn(r.config, r.dataset, r.out_size) for r in runs]
   placed: dict[int, Any] = {}
   data = tuple(placed.setdefault(id(r.dataset), (
       jnp.asarray(r.dataset.train.x), jnp.asarray(np.asarray(r.dataset.train.y, np.int32))))
@@ -977,7 +987,7 @@ def init_stacked(runs: list[Run]) -> TrainState:
 
 
 def _plateau_step(state: TrainState, record: dict[str, Any], schedule_cfg) -> TrainState:
-  metric = record.get(schedule_cfg.get("monitor", "eval_top1_error"))
+  metric = record.get(schedule_cfg.monitor)
   if metric is None:
     return state
   scale, best, bad = optim.update_plateau(

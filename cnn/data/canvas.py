@@ -122,6 +122,15 @@ def canvas_targets(masks: np.ndarray, counts: np.ndarray, target: str) -> np.nda
                   axis=1).astype(np.int32)
 
 
+def config_kwargs(config) -> dict:
+  """The canvas arguments a config's ``data.canvas`` and ``data.data_dir`` name, as
+  `load_canvas` (and `cnn.detection.data.load_detection`) take them."""
+  c = config.data.canvas
+  return dict(size=c.size, min_digits=c.min_digits, max_digits=c.max_digits,
+              train_size=c.train_size, test_size=c.test_size, seed=c.seed,
+              data_dir=config.data.data_dir)
+
+
 def load_canvas(source: str = "canvas", *, size: int = 48, min_digits: int = 1,
                 max_digits: int = 3, train_size: int = 6000, test_size: int = 500,
                 seed: int = 0, data_dir: Optional[str] = None, target: str = "mask"):

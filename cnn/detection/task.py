@@ -46,17 +46,13 @@ class DetectionTask(tasks.Task):
 
   def load_data(self, config):
     """Digits pasted on canvases at random scales (``data.canvas``)."""
-    from cnn.data.canvas import CANVAS_SOURCES  # pylint: disable=import-outside-toplevel
+    from cnn.data import canvas  # pylint: disable=import-outside-toplevel
     from cnn.detection import data  # pylint: disable=import-outside-toplevel
     d = config.data
-    if d.source not in CANVAS_SOURCES:
+    if d.source not in canvas.CANVAS_SOURCES:
       raise ConfigError(f"task='detection' reads digit canvases; set data.source to one "
-                        f"of {', '.join(CANVAS_SOURCES)} (got {d.source!r}).")
-    c = d.canvas
-    return data.load_detection(d.source, size=c.size, min_digits=c.min_digits,
-                               max_digits=c.max_digits, train_size=c.train_size,
-                               test_size=c.test_size, seed=c.seed,
-                               data_dir=d.data_dir)
+                        f"of {', '.join(canvas.CANVAS_SOURCES)} (got {d.source!r}).")
+    return data.load_detection(d.source, **canvas.config_kwargs(config))
 
   def train_metric_names(self) -> tuple[str, ...]:
     return ("loss", *LOSS_TERMS)
