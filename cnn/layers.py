@@ -389,13 +389,40 @@ def global_avg_pool(x: Array) -> Array:
   return jnp.mean(x, axis=(1, 2))
 
 
+def _adaptive_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_in, n_out) averaging weights of PyTorch's adaptive pooling: output i is the
+  mean of inputs floor(i * n_in / n_out) .. ceil((i + 1) * n_in / n_out) - 1 (bins
+  overlap where n_out does not divide n_in; an input smaller than n_out repeats)."""
+  m = np.zeros((n_in, n_out), np.float32)
+  for i in range(n_out):
+    start, end = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+    m[start:end, i] = 1.0 / (end - start)
+  return m
+
+
+def adaptive_avg_pool(x: Array, size: int | Sequence[int]) -> Array:
+  """(N, H, W, C) -> (N, h, w, C) as PyTorch's ``AdaptiveAvgPool2d((h, w))``: the
+  fixed-size map torchvision's VGG (7x7) and AlexNet (6x6) flatten at any input size.
+  An input already of that size is returned as it is."""
+  h, w = pair(size, "size")
+  if x.shape[1:3] == (h, w):
+    return x
+  rows = jnp.asarray(_adaptive_matrix(x.shape[1], h), x.dtype)
+  cols = jnp.asarray(_adaptive_matrix(x.shape[2], w), x.dtype)
+  return jnp.einsum("nhwc,hi,wj->nijc", x, rows, cols)
+
+
 class MaxPool(nn.Module):
+  """``strict=False`` floors a fractional output size (PyTorch's rule) instead of
+  rejecting it."""
   window: int | Sequence[int] = 2
   strides: Optional[int | Sequence[int]] = None
   padding: Padding = "VALID"
+  strict: bool = True
 
   def __call__(self, x: Array) -> Array:
-    return max_pool(x, self.window, self.strides, self.padding, layer=_layer_name(self))
+    return max_pool(x, self.window, self.strides, self.padding, layer=_layer_name(self),
+                    strict=self.strict)
 
 
 class AvgPool(nn.Module):

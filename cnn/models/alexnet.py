@@ -40,6 +40,15 @@ padded here with one row and column of -inf at the bottom and right):
         -conv3,4,5 3x3 pad 1-> 13 -pool 3x3/2-> 6 -> 6x6x512 -> FC6 4096, FC7, FC8
 
 107,627,624 parameters. ZFNet was trained on one GPU, so it has no groups.
+
+``alexnet_torchvision`` is the AlexNet torchvision builds (and ships ImageNet weights
+for, see `cnn.pretrained`): the one-tower variant of Krizhevsky's "One weird trick for
+parallelizing convolutional neural networks" (2014), not the course's table. It has
+64, 192, 384, 256, 256 filters, conv1 11x11/4 with padding 2, no LRN, and an adaptive
+average pool to 6x6 before FC6 (so FC6 has 9,216 inputs at any input size), and it
+floors fractional output sizes as PyTorch does (at 224x224 conv1 gives
+floor((224 + 4 - 11) / 4) + 1 = 55): 61,100,840 parameters. The smallest input is
+63x63 (63 -> 15 -> 7 -> 7 -> 3 -> 3 -> 1, then pooled up to 6x6).
 """
 from __future__ import annotations
 
@@ -67,6 +76,10 @@ class AlexNet(nn.Module):
     conv2_stride, conv2_padding: the second convolution (5x5).
     pool_paddings: padding of pool1, pool2, pool3 (3x3, stride 2).
     groups: 2 splits conv2, conv4 and conv5 into the paper's two GPU towers.
+    lrn: local response normalisation after pool1 and pool2.
+    strict: False floors fractional output sizes (PyTorch's rule) instead of rejecting.
+    pool_to: average-pool the last map adaptively to pool_to x pool_to before FC6
+      (torchvision's AdaptiveAvgPool2d); None flattens it as it is.
     fc_width: units of fc6 and fc7.
     dropout: rate on the inputs of fc6 and fc7.
     conv_impl: convolution implementation (cnn.conv).
@@ -81,6 +94,9 @@ class AlexNet(nn.Module):
   conv2_padding: Padding = 2
   pool_paddings: Sequence[Padding] = ("VALID", "VALID", "VALID")
   groups: int = 1
+  lrn: bool = True
+  strict: bool = True
+  pool_to: Optional[int] = None
   fc_width: int = 4096
   dropout: float = 0.5
   conv_impl: str = "auto"
@@ -91,19 +107,24 @@ class AlexNet(nn.Module):
     conv = layers.conv_factory(self.conv_impl, self.dtype)
     f1, f2, f3, f4, f5 = self.filters
     p1, p2, p3 = self.pool_paddings
+    strict = self.strict
     x = nn.relu(conv(f1, self.conv1_kernel, self.conv1_stride, self.conv1_padding,
-                     name="conv1")(x))
-    x = layers.MaxPool(3, 2, p1, name="pool1")(x)
-    x = layers.LocalResponseNorm(name="norm1")(x)
+                     strict=strict, name="conv1")(x))
+    x = layers.MaxPool(3, 2, p1, strict=strict, name="pool1")(x)
+    if self.lrn:
+      x = layers.LocalResponseNorm(name="norm1")(x)
     x = nn.relu(conv(f2, 5, self.conv2_stride, self.conv2_padding, groups=self.groups,
-                     name="conv2")(x))
-    x = layers.MaxPool(3, 2, p2, name="pool2")(x)
-    x = layers.LocalResponseNorm(name="norm2")(x)
+                     strict=strict, name="conv2")(x))
+    x = layers.MaxPool(3, 2, p2, strict=strict, name="pool2")(x)
+    if self.lrn:
+      x = layers.LocalResponseNorm(name="norm2")(x)
     # conv3 reads both towers in the paper; conv4 and conv5 only their own.
-    x = nn.relu(conv(f3, 3, 1, 1, name="conv3")(x))
-    x = nn.relu(conv(f4, 3, 1, 1, groups=self.groups, name="conv4")(x))
-    x = nn.relu(conv(f5, 3, 1, 1, groups=self.groups, name="conv5")(x))
-    x = layers.MaxPool(3, 2, p3, name="pool3")(x)
+    x = nn.relu(conv(f3, 3, 1, 1, strict=strict, name="conv3")(x))
+    x = nn.relu(conv(f4, 3, 1, 1, groups=self.groups, strict=strict, name="conv4")(x))
+    x = nn.relu(conv(f5, 3, 1, 1, groups=self.groups, strict=strict, name="conv5")(x))
+    x = layers.MaxPool(3, 2, p3, strict=strict, name="pool3")(x)
+    if self.pool_to is not None:
+      x = layers.adaptive_avg_pool(x, self.pool_to)
     x = layers.flatten(x)
     x = layers.Dropout(self.dropout, name="drop6")(x, train)
     x = nn.relu(layers.Dense(self.fc_width, dtype=self.dtype, name="fc6")(x))
@@ -128,3 +149,14 @@ ZFNET = dict(filters=(96, 256, 512, 1024, 512), conv1_kernel=7, conv1_stride=2,
 def zfnet(**kwargs: Any) -> AlexNet:
   """ZFNet: AlexNet with conv1 7x7/2, conv2 stride 2 and 512/1024/512 filters in conv3-5."""
   return AlexNet(**{**ZFNET, **kwargs})
+
+
+# torchvision's AlexNet (torchvision/models/alexnet.py): see the module docstring.
+TORCHVISION = dict(filters=(64, 192, 384, 256, 256), conv1_padding=2, lrn=False,
+                   strict=False, pool_to=6)
+
+
+@register("alexnet_torchvision", input_shape=(224, 224, 3), family="alexnet")
+def alexnet_torchvision(**kwargs: Any) -> AlexNet:
+  """AlexNet as torchvision builds it: 64/192/384/256/256 filters, no LRN, 6x6 adaptive pool."""
+  return AlexNet(**{**TORCHVISION, **kwargs})

@@ -20,6 +20,10 @@ has exactly 138,357,544.
   inputs (512 at 32x32).
 - "gap": average each of the 512 maps over the image first, so fc6 has 512 inputs
   whatever the input size (the usual CIFAR form; pair with ``fc_width=512``).
+- "torchvision": average-pool the last map adaptively to 7x7 first (torchvision's
+  ``AdaptiveAvgPool2d((7, 7))``), so fc6 has the paper's 25,088 inputs at any input
+  size from 32x32 on; at 224x224 it is "paper" exactly. Models converted from
+  torchvision weights (`cnn.pretrained`) use it, so they fine-tune at any size.
 
 The smallest input is 32x32 (five pools to 1x1); a side that five 2x2/2 pools do not
 divide (e.g. 40 -> 20 -> 10 -> 5) raises the pool's ConfigError.
@@ -47,7 +51,8 @@ CONFIGS: dict[str, tuple[tuple[Any, ...], ...]] = {
     "E": ((64, 64), (128, 128), (256, 256, 256, 256), (512, 512, 512, 512),
           (512, 512, 512, 512)),
 }
-CLASSIFIERS = ("paper", "gap")
+CLASSIFIERS = ("paper", "gap", "torchvision")
+TORCHVISION_POOL = (7, 7)
 
 
 def _kernel_and_filters(layer: Any) -> tuple[int, int]:
@@ -63,7 +68,8 @@ class VGG(nn.Module):
     num_classes: outputs of fc8.
     lrn: A-LRN's local response normalisation after conv1_1.
     batch_norm: BatchNorm between each convolution and its ReLU.
-    classifier: 'paper' (flatten the last map) or 'gap' (global average pool first).
+    classifier: 'paper' (flatten the last map), 'gap' (global average pool first) or
+      'torchvision' (adaptive average pool to 7x7 first).
     fc_width: units of fc6 and fc7.
     dropout: rate after fc6 and fc7.
     conv_impl: convolution implementation (cnn.conv).
@@ -101,7 +107,12 @@ class VGG(nn.Module):
         if self.lrn and s == 1 and i == 1:
           x = layers.LocalResponseNorm(name="norm1")(x)
       x = layers.MaxPool(2, 2, name=f"pool{s}")(x)
-    x = layers.global_avg_pool(x) if self.classifier == "gap" else layers.flatten(x)
+    if self.classifier == "gap":
+      x = layers.global_avg_pool(x)
+    else:
+      if self.classifier == "torchvision":
+        x = layers.adaptive_avg_pool(x, TORCHVISION_POOL)
+      x = layers.flatten(x)
     x = nn.relu(layers.Dense(self.fc_width, dtype=self.dtype, name="fc6")(x))
     x = layers.Dropout(self.dropout, name="drop6")(x, train)
     x = nn.relu(layers.Dense(self.fc_width, dtype=self.dtype, name="fc7")(x))
