@@ -250,9 +250,11 @@ def read_state_dict(source: Mapping[str, Any] | str | pathlib.Path) -> dict[str,
     try:
       state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any unreadable file: one sentence
-      first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-      raise ConfigError(f"{str(path)!r} is not a readable PyTorch state_dict ({first}); "
-                        "pass a file saved with torch.save(model.state_dict(), path).") from None
+      # torch's own messages run to paragraphs (about weights_only); its type says enough.
+      raise ConfigError(f"{str(path)!r} does not load as a PyTorch state_dict "
+                        f"({type(e).__name__}; only tensors are read, not a pickled "
+                        "model or any other file); pass a file saved with "
+                        "torch.save(model.state_dict(), path).") from None
   if not isinstance(state, Mapping):
     raise ConfigError(f"The weights are a {type(state).__name__}, not a state_dict; pass "
                       "a dict of tensors such as torchvision's model.state_dict().")

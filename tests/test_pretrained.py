@@ -1,7 +1,8 @@
 """torchvision weights through cnn.pretrained: the logits of torchvision's modules.
 
 torchvision itself does not install beside this torch, so the reference networks are
-re-implemented here from torchvision/models/{resnet,vgg,alexnet}.py with its exact
+re-implemented (tests/torchvision_reference.py) from torchvision/models/{resnet,vgg,
+alexnet}.py with its exact
 module names (conv1, layer1.0.downsample.0, features.3, classifier.6, ...) and random
 weights; batch norm is in eval mode with non-trivial running statistics. Inputs are
 small but exercise each layer: 72x72 for ResNet-18 (odd maps, 9 -> 5 -> 3, test
@@ -12,6 +13,7 @@ pooled adaptively to 7x7: the flatten order matters), 96x96 for AlexNet (odd map
 import functools
 import json
 import pathlib
+import sys
 
 import jax
 import numpy as np
@@ -21,200 +23,21 @@ from cnn import pretrained
 from cnn import transfer
 from cnn.errors import ConfigError
 
-torch = pytest.importorskip("torch")
-nn = torch.nn
+
+@pytest.fixture(scope="module")
+def tv():
+  """tests/torchvision_reference.py: torchvision's modules (skips without PyTorch)."""
+  pytest.importorskip("torch")
+  import torchvision_reference  # pylint: disable=import-outside-toplevel
+  return torchvision_reference
 
 
-# ----------------------------------------------------------------------------------
-# torchvision's modules, as torchvision writes them
-# ----------------------------------------------------------------------------------
-
-def conv3x3(i, o, stride=1, groups=1):
-  return nn.Conv2d(i, o, 3, stride, padding=1, groups=groups, bias=False)
-
-
-def conv1x1(i, o, stride=1):
-  return nn.Conv2d(i, o, 1, stride, bias=False)
-
-
-class BasicBlock(nn.Module):
-  expansion = 1
-
-  def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64):
-    super().__init__()
-    self.conv1 = conv3x3(inplanes, planes, stride)
-    self.bn1 = nn.BatchNorm2d(planes)
-    self.relu = nn.ReLU(inplace=True)
-    self.conv2 = conv3x3(planes, planes)
-    self.bn2 = nn.BatchNorm2d(planes)
-    self.downsample = downsample
-
-  def forward(self, x):
-    out = self.relu(self.bn1(self.conv1(x)))
-    out = self.bn2(self.conv2(out))
-    identity = x if self.downsample is None else self.downsample(x)
-    return self.relu(out + identity)
-
-
-class Bottleneck(nn.Module):
-  expansion = 4
-
-  def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64):
-    super().__init__()
-    width = int(planes * (base_width / 64.0)) * groups
-    self.conv1 = conv1x1(inplanes, width)
-    self.bn1 = nn.BatchNorm2d(width)
-    self.conv2 = conv3x3(width, width, stride, groups)
-    self.bn2 = nn.BatchNorm2d(width)
-    self.conv3 = conv1x1(width, planes * self.expansion)
-    self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-    self.relu = nn.ReLU(inplace=True)
-    self.downsample = downsample
-
-  def forward(self, x):
-    out = self.relu(self.bn1(self.conv1(x)))
-    out = self.relu(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
-    identity = x if self.downsample is None else self.downsample(x)
-    return self.relu(out + identity)
-
-
-class ResNet(nn.Module):
-  def __init__(self, block, layers, num_classes=1000, groups=1, width_per_group=64):
-    super().__init__()
-    self.inplanes, self.groups, self.base_width = 64, groups, width_per_group
-    self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    self.bn1 = nn.BatchNorm2d(64)
-    self.relu = nn.ReLU(inplace=True)
-    self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-    self.layer1 = self._make_layer(block, 64, layers[0])
-    self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-    self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-    self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
-    self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-    self.fc = nn.Linear(512 * block.expansion, num_classes)
-
-  def _make_layer(self, block, planes, blocks, stride=1):
-    downsample = None
-    if stride != 1 or self.inplanes != planes * block.expansion:
-      downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
-                                 nn.BatchNorm2d(planes * block.expansion))
-    layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width)]
-    self.inplanes = planes * block.expansion
-    layers += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width)
-               for _ in range(1, blocks)]
-    return nn.Sequential(*layers)
-
-  def forward(self, x):
-    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-    x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-    return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-VGG_CFGS = {
-    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512,
-          512, "M"],
-    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-          512, 512, 512, 512, "M"],
-}
-
-
-class VGG(nn.Module):
-  def __init__(self, cfg, batch_norm, num_classes=1000):
-    super().__init__()
-    layers, c = [], 3
-    for v in VGG_CFGS[cfg]:
-      if v == "M":
-        layers += [nn.MaxPool2d(kernel_size=2, stride=2)]
-      else:
-        conv = nn.Conv2d(c, v, kernel_size=3, padding=1)
-        layers += [conv, nn.BatchNorm2d(v), nn.ReLU(True)] if batch_norm else [
-            conv, nn.ReLU(True)]
-        c = v
-    self.features = nn.Sequential(*layers)
-    self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-    self.classifier = nn.Sequential(
-        nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
-        nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(), nn.Linear(4096, num_classes))
-
-  def forward(self, x):
-    return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-class AlexNet(nn.Module):
-  def __init__(self, num_classes=1000):
-    super().__init__()
-    self.features = nn.Sequential(
-        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2))
-    self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-    self.classifier = nn.Sequential(
-        nn.Dropout(), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-        nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
-        nn.Linear(4096, num_classes))
-
-  def forward(self, x):
-    return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-RESNETS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
-           50: (Bottleneck, (3, 4, 6, 3)), 101: (Bottleneck, (3, 4, 23, 3)),
-           152: (Bottleneck, (3, 8, 36, 3))}
-RESNET_VARIANTS = {"resnext50_32x4d": (50, 32, 4), "resnext101_32x8d": (101, 32, 8),
-                   "resnext101_64x4d": (101, 64, 4), "wide_resnet50_2": (50, 1, 128),
-                   "wide_resnet101_2": (101, 1, 128)}
-
-
-def torchvision_model(name, num_classes=1000):
-  """torchvision.models.<name>(num_classes=...) for the names cnn.pretrained supports."""
-  if name.startswith("resnet"):
-    block, layers = RESNETS[int(name[len("resnet"):])]
-    return ResNet(block, layers, num_classes)
-  if name in RESNET_VARIANTS:
-    depth, groups, wpg = RESNET_VARIANTS[name]
-    block, layers = RESNETS[depth]
-    return ResNet(block, layers, num_classes, groups=groups, width_per_group=wpg)
-  if name.startswith("vgg"):
-    base = name.removesuffix("_bn")
-    cfg = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}[base]
-    return VGG(cfg, name.endswith("_bn"), num_classes)
-  assert name == "alexnet", name
-  return AlexNet(num_classes)
-
-
-def randomized(model, seed=0):
-  """`model` in eval mode with random weights and BN statistics far from (0, 1), so
-  that scale, shift, mean and variance each change the logits."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for m in model.modules():
-      if isinstance(m, nn.BatchNorm2d):
-        m.weight.uniform_(0.5, 1.5, generator=g)
-        m.bias.normal_(0.0, 0.2, generator=g)
-        m.running_mean.normal_(0.0, 0.2, generator=g)
-        m.running_var.uniform_(0.5, 2.0, generator=g)
-      elif isinstance(m, (nn.Conv2d, nn.Linear)):
-        fan_in = m.weight[0].numel()
-        m.weight.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=g)
-        if m.bias is not None:
-          m.bias.normal_(0.0, 0.1, generator=g)
-  return model.eval()
-
-
-def logits_pair(name, side, num_classes=None, batch=2):
+def logits_pair(tv, name, side, num_classes=None, batch=2):
   """(ours, torch's) logits of the same random weights on the same images."""
-  net = randomized(torchvision_model(name))
+  net = tv.randomized(tv.torchvision_model(name))
   x = np.random.default_rng(1).normal(size=(batch, 3, side, side)).astype(np.float32)
-  with torch.no_grad():
-    ref = net(torch.from_numpy(x)).numpy()
+  with tv.torch.no_grad():
+    ref = net(tv.torch.from_numpy(x)).numpy()
   model, variables = pretrained.load_torchvision(name, net.state_dict(), num_classes)
   ours = jax.jit(lambda v, x: model.apply(v, x, train=False))(
       variables, x.transpose(0, 2, 3, 1))
@@ -233,24 +56,24 @@ def assert_logits_close(ours, ref):
 
 @pytest.mark.parametrize("name, side", [("resnet18", 72), ("resnet50", 64),
                                         ("vgg11_bn", 64), ("alexnet", 96)])
-def test_logits_match_torchvision(name, side):
-  assert_logits_close(*logits_pair(name, side))
+def test_logits_match_torchvision(tv, name, side):
+  assert_logits_close(*logits_pair(tv, name, side))
 
 
 @pytest.mark.parametrize("size, out", [(1, 7), (2, 7), (5, 7), (9, 4), (13, 6), (7, 7)])
-def test_adaptive_avg_pool_matches_torch(size, out):
+def test_adaptive_avg_pool_matches_torch(tv, size, out):
   from cnn import layers
   x = np.random.default_rng(0).normal(size=(2, 3, size, size + 1)).astype(np.float32)
-  ref = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), out).numpy()
+  ref = tv.nn.functional.adaptive_avg_pool2d(tv.torch.from_numpy(x), out).numpy()
   ours = np.asarray(layers.adaptive_avg_pool(x.transpose(0, 2, 3, 1), out))
   np.testing.assert_allclose(ours, ref.transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)
 
 
-def test_every_supported_name_has_torchvision_keys_and_shapes():
+def test_every_supported_name_has_torchvision_keys_and_shapes(tv):
   # Built on PyTorch's meta device: names and shapes only, no memory, no init.
-  with torch.device("meta"):
+  with tv.torch.device("meta"):
     for name in pretrained.supported():
-      state = torchvision_model(name).state_dict()
+      state = tv.torchvision_model(name).state_dict()
       theirs = {k: tuple(v.shape) for k, v in state.items()
                 if not k.endswith("num_batches_tracked")}
       assert theirs == pretrained.expected_keys(name), name
@@ -322,16 +145,24 @@ def test_mistakes_are_one_sentence_naming_the_key_or_file(tmp_path):
   with pytest.raises(ConfigError) as e:
     pretrained.load_torchvision("resnet18", tmp_path / "nothing.pth")
   assert "nothing.pth" in _one_sentence(e)
-  garbage = tmp_path / "garbage.pth"
+  garbage = tmp_path / "garbage.pth"   # unreadable, or (without torch) unread
   garbage.write_bytes(b"not a pickle at all")
   with pytest.raises(ConfigError) as e:
     pretrained.load_torchvision("resnet18", garbage)
   assert "garbage.pth" in _one_sentence(e)
 
 
+def test_a_pth_without_torch_says_what_to_install(tmp_path, monkeypatch):
+  weights = tmp_path / "resnet18.pth"
+  weights.write_bytes(b"whatever")
+  monkeypatch.setitem(sys.modules, "torch", None)     # `import torch` fails
+  with pytest.raises(ConfigError) as e:
+    pretrained.load_torchvision("resnet18", weights)
+  assert "resnet18.pth" in _one_sentence(e) and "torch==2.13.0" in str(e.value)
+
+
 def test_cnn_imports_no_torch():
   import subprocess
-  import sys
   code = ("import sys, cnn.pretrained, cnn.train, cnn.models; "
           "print('torch' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -343,10 +174,10 @@ def test_cnn_imports_no_torch():
 # .pth files, a new head, the CLI's run directory
 # ----------------------------------------------------------------------------------
 
-def test_pth_round_trip_and_a_new_head(tmp_path, capsys):
-  net = randomized(torchvision_model("resnet18"))
+def test_pth_round_trip_and_a_new_head(tv, tmp_path, capsys):
+  net = tv.randomized(tv.torchvision_model("resnet18"))
   path = tmp_path / "resnet18.pth"
-  torch.save(net.state_dict(), path)
+  tv.torch.save(net.state_dict(), path)
   _, from_file = pretrained.load_torchvision("resnet18", path)
   _, from_dict = pretrained.load_torchvision("resnet18", net.state_dict())
   jax.tree.map(np.testing.assert_array_equal, from_file, from_dict)
@@ -370,12 +201,12 @@ DIGITS_RGB = ["--config", "experiments/lenet_digits.py", "--config.data.channels
               "--config.train.steps=2", "--config.train.tensorboard=False"]
 
 
-def test_cli_writes_a_run_that_transfer_and_evaluate_read(tmp_path, monkeypatch):
+def test_cli_writes_a_run_that_transfer_and_evaluate_read(tv, tmp_path, monkeypatch):
   from scripts import convert_torchvision
   monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])
-  net = randomized(torchvision_model("resnet18"))
+  net = tv.randomized(tv.torchvision_model("resnet18"))
   weights = tmp_path / "resnet18.pth"
-  torch.save(net.state_dict(), weights)
+  tv.torch.save(net.state_dict(), weights)
   workdir = tmp_path / "resnet18_digits"
   assert convert_torchvision.main(["--name", "resnet18", "--weights", str(weights),
                                    "--workdir", str(workdir), "--num_classes", "10",

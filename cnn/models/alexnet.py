@@ -158,5 +158,5 @@ TORCHVISION = dict(filters=(64, 192, 384, 256, 256), conv1_padding=2, lrn=False,
 
 @register("alexnet_torchvision", input_shape=(224, 224, 3), family="alexnet")
 def alexnet_torchvision(**kwargs: Any) -> AlexNet:
-  """AlexNet as torchvision builds it: 64/192/384/256/256 filters, no LRN, 6x6 adaptive pool."""
+  """AlexNet as torchvision builds it: 64/192/384/256/256 filters, no LRN, 6x6 pool."""
   return AlexNet(**{**TORCHVISION, **kwargs})
