@@ -393,10 +393,10 @@ def convert(name: str, state_dict_or_path: Mapping[str, Any] | str | pathlib.Pat
   state = read_state_dict(state_dict_or_path)
   head_weight = state.get(f"{s.head}.weight")
   own = int(head_weight.shape[0]) if head_weight is not None and head_weight.ndim else None
-  if num_classes is not None and (isinstance(num_classes, bool)
-                                  or not isinstance(num_classes, int) or num_classes < 1):
+  if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(
+      num_classes, (int, np.integer)) or num_classes < 1):
     raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}.")
-  classes = num_classes or own or TORCH_CLASSES
+  classes = int(num_classes or own or TORCH_CLASSES)
   keep_head = classes == own
   model = _build(s, classes)
   input_shape = models.info(s.model).input_shape
@@ -419,9 +419,14 @@ def convert(name: str, state_dict_or_path: Mapping[str, Any] | str | pathlib.Pat
     params[s.ours_head] = _fresh_head(model, s.ours_head, input_shape, seed)
     fresh = [f"{s.ours_head}/{k}" for k in sorted(params[s.ours_head])]
   variables = {"params": params, "batch_stats": stats}
-  # Same tree as the model's own init, each leaf float32 of the init's shape.
-  variables = jax.tree.map(lambda ref, v: jnp.asarray(np.asarray(v, np.float32)).reshape(
-      ref.shape), {k: abstract.get(k, {}) for k in variables}, variables)
+
+  def leaf(ref, value):
+    value = np.asarray(value, np.float32)
+    assert value.shape == ref.shape, (value.shape, ref.shape)   # shapes checked above
+    return jnp.asarray(value)
+
+  # The tree of the model's own init (a missing or extra leaf fails here), float32.
+  variables = jax.tree.map(leaf, {k: abstract.get(k, {}) for k in variables}, variables)
   return Converted(name, model, variables, {"name": s.model, **dict(s.kwargs)}, classes,
                    fresh, input_shape)
 
