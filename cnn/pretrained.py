@@ -34,7 +34,8 @@ Models built here differ from the registry's defaults where torchvision's do:
 
 - VGG: ``classifier="torchvision"``, an adaptive average pool to 7x7 before fc6 (as
   torchvision's ``AdaptiveAvgPool2d``), so fc6 keeps its 25,088 inputs at any input
-  size from 32x32 on; at 224x224 it is the registry's "paper" classifier exactly.
+  side that is a multiple of 32 (our pools reject fractional sizes where PyTorch's
+  floor them); at 224x224 it is the registry's "paper" classifier exactly.
   A fine-tuning config starting from such weights sets ``model.classifier``
   accordingly (the CLI's config.json records it).
 - AlexNet: torchvision's is not the course's AlexNet (96/256/384/384/256 filters,

@@ -21,8 +21,9 @@ has exactly 138,357,544.
 - "gap": average each of the 512 maps over the image first, so fc6 has 512 inputs
   whatever the input size (the usual CIFAR form; pair with ``fc_width=512``).
 - "torchvision": average-pool the last map adaptively to 7x7 first (torchvision's
-  ``AdaptiveAvgPool2d((7, 7))``), so fc6 has the paper's 25,088 inputs at any input
-  size from 32x32 on; at 224x224 it is "paper" exactly. Models converted from
+  ``AdaptiveAvgPool2d((7, 7))``), so fc6 has the paper's 25,088 inputs at every input
+  size the pools take (sides that are multiples of 32; torchvision's pools would
+  floor the others); at 224x224 it is "paper" exactly. Models converted from
   torchvision weights (`cnn.pretrained`) use it, so they fine-tune at any size.
 
 The smallest input is 32x32 (five pools to 1x1); a side that five 2x2/2 pools do not
