@@ -95,6 +95,8 @@ SCHEMA: dict[str, Any] = {
         "data_dir": Key(None, "str", optional=True, doc="npz root or TFDS data_dir"),
         "validation_size": Key(0, "count_or_fraction",
                                doc="examples (int) or fraction carved out of train"),
+        "train_size": Key(None, "int", AT_LEAST_1, optional=True,
+                          doc="the first N training examples only; default all"),
         "augment": Key("none", "str", doc="none | flip | cifar | imagenet | shift | "
                        "deck 5 stages joined by +, e.g. crop+flip+rotate30"),
         "image_size": Key(None, "size", optional=True,

@@ -62,7 +62,8 @@ class Task:
     from cnn import data as data_lib  # pylint: disable=import-outside-toplevel
     d = config.data
     return data_lib.load(d.source, data_dir=d.data_dir, validation_size=d.validation_size,
-                         seed=config.seed, image_size=d.image_size, channels=d.channels,
+                         train_size=d.train_size, seed=config.seed, image_size=d.image_size,
+                         channels=d.channels,
                          num_classes=d.num_classes, task=self.name)
 
   def train_metric_names(self) -> tuple[str, ...]:

@@ -99,6 +99,23 @@ def test_validation_carve_out_is_deterministic_by_seed():
   np.testing.assert_allclose(a.mean, [a.train.x.mean() / 255], rtol=1e-5)
 
 
+def test_train_size_keeps_the_first_examples_after_the_carve_out(tmp_path):
+  # Shard images hold their global index (write_shards), so the kept ones are legible.
+  write_shards(tmp_path, "train", [(10, [i % 3 for i in range(10)])])
+  write_shards(tmp_path, "test", [(2, [0, 1])])
+  ds = data.load("npz:train-*.npz|test-*.npz", data_dir=str(tmp_path),
+                 validation_size=3, seed=0, train_size=4)
+  held = set(ds.eval.x[:, 0, 0, 0].tolist())
+  rest = [i for i in range(10) if i not in held]
+  np.testing.assert_array_equal(ds.train.x[:, 0, 0, 0], rest[:4])
+  assert len(ds.eval) == 3 and len(ds.test) == 2
+  # Statistics are those of the 4 images kept: their pixel values are their indices.
+  np.testing.assert_allclose(ds.mean, [np.mean(rest[:4]) / 255], rtol=1e-5)
+  with pytest.raises(ConfigError, match=r"data.train_size=8 .* 7 training examples"):
+    data.load("npz:train-*.npz|test-*.npz", data_dir=str(tmp_path), validation_size=3,
+              train_size=8)
+
+
 def test_npz_shards_concatenate_in_sorted_order(tmp_path):
   write_shards(tmp_path, "train", [(4, [0, 1, 2, 3]), (3, [4, 0, 1])])
   write_shards(tmp_path, "test", [(2, [2, 3])])

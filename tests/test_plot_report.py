@@ -33,7 +33,7 @@ def write_run(root: pathlib.Path, model: str, seed: int, *, train_end: tuple,
       err = train_end[1]
     else:
       err = 0.9 - 0.5 * step / STEPS
-    row = {"step": step, "train_top1_error": err, "grad_norm/conv1": 1.0,
+    row = {"step": step, "train_top1_error": err, "grad_norm/stem": 1.0,
            "grad_norm/stage1": 0.5, "grad_norm/stage2": 0.4, "grad_norm/stage3": 0.3,
            "grad_norm/head": 0.2}
     if step == 500:
@@ -210,3 +210,43 @@ def test_library_reads_any_runs_and_means_over_seeds(tmp_path):
   assert steps == [500, 1000] and values == pytest.approx([0.7, 0.22])
   table = runs_lib.table(p20, ["eval_top1_error"], mean_seeds=True, percent=True)
   assert "| 2 (2) | 1000 | 22 ± 2.8 |" in table
+
+
+def _findings(tmp_path, plain, resnet):
+  root = degradation_sweep(tmp_path, plain_train=plain, resnet_train=resnet)
+  return analysis.findings(analysis.summarize(analysis.load_runs(root)), "train")
+
+
+def test_findings_judge_differences_against_the_seed_spread(tmp_path):
+  # Each cell: seeds v and v + 0.04 -> std 0.028284; a difference of two cells is
+  # within noise when |diff| <= sqrt(2) * 0.028284 = 0.04.
+  f = _findings(tmp_path / "a", plain=(0.10, 0.20, 0.30), resnet=(0.09, 0.08, 0.07))
+  assert f["plain"] == "holds"                 # plain-56 0.32 vs plain-20 0.12: +0.20
+  assert f["resnet"] == "within noise"         # ResNet-56 0.09 vs ResNet-20 0.11: -0.02
+  assert f["twins"][20][0] == "within noise"   # ResNet-20 0.11 vs plain-20 0.12: -0.01
+  assert f["twins"][56][0] == "holds"          # 0.09 vs 0.32
+  assert not f["both"]
+  text = " ".join(f["sentences"])
+  assert "+20.00 points, noise ±4.00: holds" in text
+  assert "-2.00 points, noise ±4.00: within noise: no worse holds, better is not shown" in text
+  f = _findings(tmp_path / "b", plain=(0.30, 0.40, 0.50), resnet=(0.15, 0.10, 0.05))
+  assert f["resnet"] == "holds" and f["both"]
+  f = _findings(tmp_path / "c", plain=(0.30, 0.40, 0.50), resnet=(0.05, 0.10, 0.15))
+  assert f["resnet"] == "does not hold" and not f["both"]   # +0.10 > 0.04
+
+
+def test_scale_line_states_data_width_iterations_epochs_and_seeds(tmp_path):
+  root = degradation_sweep(tmp_path, plain_train=(0.10, 0.20, 0.30),
+                           resnet_train=(0.09, 0.08, 0.07))
+  for config_file in root.glob("*/config.json"):
+    config = json.loads(config_file.read_text())
+    config["data"] = {"source": "cifar10", "validation_size": 2000}
+    config["train"]["batch_size"] = 128
+    config["optim"] = {"learning_rate": 0.1}
+    config["schedule"] = {"name": "cosine", "warmup_steps": 75, "warmup_lr": 0.01}
+    config_file.write_text(json.dumps(config))
+  line = analysis.scale(analysis.load_runs(root))
+  # 1000 iterations x 128 images / 48,000 training images = 2.67 epochs.
+  assert line == ("cifar10, 48,000 training images (2000 held out); width 8; batch 128; "
+                  "1000 iterations; 2.7 epochs; lr 0.1 cosine, 75-step warm-up from 0.01; "
+                  "seeds: 2 at depth 20, 32, 56")

@@ -139,6 +139,7 @@ class Dataset:
 
 def load(source: str, *, data_dir: Optional[str] = None,
          validation_size: int | float = 0, seed: int = 0,
+         train_size: Optional[int] = None,
          image_size: Optional[int | Sequence[int]] = None,
          channels: Optional[int] = None, num_classes: Optional[int] = None,
          task: str = "classification", fit: str = "auto",
@@ -152,6 +153,8 @@ def load(source: str, *, data_dir: Optional[str] = None,
     validation_size: examples (int) or fraction (float in (0, 1)) of train held out
       as the evaluation split, chosen by `seed`.
     seed: picks the validation examples.
+    train_size: keep only the first this many training examples (in the stored
+      order, after the validation carve-out): a subset, e.g. for a CPU-sized study.
     image_size: (H, W) or one int for square images; default: as stored (32 for digits).
     channels: 1 or 3: grey images are repeated, colour ones turned into luma.
     num_classes: the label count; default the dataset's, or max label + 1.
@@ -216,7 +219,8 @@ def load(source: str, *, data_dir: Optional[str] = None,
     name, known = source, len(names)
   elif kind == "tfds" and rest:
     return _load_tfds(rest, data_dir=data_dir, validation_size=validation_size, seed=seed,
-                      size=size, channels=channels, num_classes=num_classes, task=task,
+                      train_size=train_size, size=size, channels=channels,
+                      num_classes=num_classes, task=task,
                       fit=fit, stream=stream)
   else:
     raise ConfigError(
@@ -228,13 +232,15 @@ def load(source: str, *, data_dir: Optional[str] = None,
     train = _reshape_split(train, size, channels, fit)
     test = None if test is None else _reshape_split(test, size, channels, fit)
   return _assemble(name, train, test, validation_size=validation_size, seed=seed,
-                   num_classes=num_classes, known=known, task=task)
+                   train_size=train_size, num_classes=num_classes, known=known, task=task)
 
 
 def _assemble(name: str, train: Split, test: Optional[Split], *,
               validation_size: int | float, seed: int, num_classes: Optional[int],
-              known: Optional[int], task: str, stats=None) -> Dataset:
-  """Checks labels, carves out validation and computes the training statistics."""
+              known: Optional[int], task: str, stats=None,
+              train_size: Optional[int] = None) -> Dataset:
+  """Checks labels, carves out validation, keeps `train_size` training examples and
+  computes the training statistics (of the examples kept)."""
   if num_classes is None:
     num_classes = known
   if num_classes is None:
@@ -244,6 +250,8 @@ def _assemble(name: str, train: Split, test: Optional[Split], *,
   validation = None
   if validation_size:
     train, validation = carve_validation(train, validation_size, seed)
+  if train_size is not None:
+    train = first_examples(train, train_size)
   if test is None:
     test = validation
   mean, std = stats if stats is not None else channel_stats(train)
@@ -280,6 +288,15 @@ def carve_validation(train: Split, size: int | float, seed: int) -> tuple[Split,
   held = np.sort(np.random.default_rng(seed).permutation(n)[:count])
   keep = np.setdiff1d(np.arange(n), held)
   return _take(train, keep), _take(train, held)
+
+
+def first_examples(train: Split, count: int) -> Split:
+  """The first `count` examples of `train`; the whole split may not be asked for more."""
+  n = len(train)
+  if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 0 < count <= n:
+    raise ConfigError(f"data.train_size={count!r} must be a count between 1 and the {n} "
+                      "training examples left after the validation split.")
+  return _take(train, np.arange(count))
 
 
 def _take(split: Split, index: np.ndarray) -> Split:
@@ -471,7 +488,7 @@ def _npz_problem(f: str, error: Exception) -> str:
 # ----------------------------------------------------------------------------------
 
 def _load_tfds(spec: str, *, data_dir, validation_size, seed, size, channels, num_classes,
-               task, fit, stream) -> Dataset:
+               task, fit, stream, train_size=None) -> Dataset:
   """`spec` is ``<name>[:<train split>[|<eval split>]]``."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   name, _, splits = spec.partition(":")
@@ -501,7 +518,8 @@ def _load_tfds(spec: str, *, data_dir, validation_size, seed, size, channels, nu
           f"{name!r} is read into memory at data.image_size.")
     train, test = (_materialize(s, _segmentation_decoder(size, channels)) for s in sources)
     return _assemble(full_name, train, test, validation_size=validation_size, seed=seed,
-                     num_classes=SEGMENTATION_CLASSES, known=None, task=task)
+                     train_size=train_size, num_classes=SEGMENTATION_CLASSES, known=None,
+                     task=task)
 
   num_classes = num_classes or features["label"].num_classes
   if stream is None:
@@ -519,14 +537,15 @@ def _load_tfds(spec: str, *, data_dir, validation_size, seed, size, channels, nu
       held_in = carve_validation(train, validation_size, seed)[0] if validation_size else train
       stats = channel_stats(held_in)
     return _assemble(full_name, train, test, validation_size=validation_size, seed=seed,
-                     num_classes=num_classes, known=None, task=task, stats=stats)
+                     train_size=train_size, num_classes=num_classes, known=None, task=task,
+                     stats=stats)
   if not fixed and size is None:
     raise ConfigError(
         f"Images of {name!r} differ in size; set data.image_size to hold them in memory.")
   train, test = (_materialize(s, _classification_decoder(size, channels, fit))
                  for s in sources)
   return _assemble(full_name, train, test, validation_size=validation_size, seed=seed,
-                   num_classes=num_classes, known=None, task=task)
+                   train_size=train_size, num_classes=num_classes, known=None, task=task)
 
 
 def _tfds_builder(tfds, name: str, data_dir: Optional[str]):

@@ -250,3 +250,174 @@ def verdict(cells: Sequence[Cell], metric: str = "train") -> list[str]:
       sentences.append(f"The ResNet has the lower {what} at {len(better)} of "
                        f"{len(pairs)} depths (ResNet vs plain, {listed}).")
   return sentences
+
+
+# ----------------------------------------------------------------------------------
+# The two findings of Fig. 6, judged against the seed-to-seed spread
+# ----------------------------------------------------------------------------------
+
+def seed_spread(cells: Sequence[Cell], metric: str = "train") -> Optional[float]:
+  """The study's seed-to-seed spread of `metric`: the largest sample std among the
+  cells with two or more seeds (None without any). It stands in for the std of a
+  cell that has one seed."""
+  stds = [getattr(c, metric)[1] for c in cells if getattr(c, metric)[1] is not None]
+  return max(stds) if stds else None
+
+
+def difference(a: Cell, b: Cell, metric: str, spread: Optional[float]
+               ) -> tuple[Optional[float], Optional[float]]:
+  """(b - a, noise) of the `metric` means; noise = sqrt(std_a^2 + std_b^2), the spread
+  of the difference of two single runs, with `spread` for a cell of one seed."""
+  (ma, sa), (mb, sb) = getattr(a, metric), getattr(b, metric)
+  if ma is None or mb is None:
+    return None, None
+  sa, sb = (spread if s is None else s for s in (sa, sb))
+  noise = None if sa is None or sb is None else (sa ** 2 + sb ** 2) ** 0.5
+  return mb - ma, noise
+
+
+def judge(diff: float, noise: Optional[float], expected_sign: int) -> str:
+  """'holds', 'within noise' or 'does not hold' for a difference expected to have
+  `expected_sign` (+1: b above a): within noise when |diff| <= noise."""
+  if noise is not None and abs(diff) <= noise:
+    return "within noise"
+  return "holds" if diff * expected_sign > 0 else "does not hold"
+
+
+def _cell_of(cells: Sequence[Cell], family: str, depth: int) -> Optional[Cell]:
+  return next((c for c in cells if c.family == family and c.depth == depth), None)
+
+
+def _points(diff: float, noise: Optional[float]) -> str:
+  spread = f", noise ±{100 * noise:.2f}" if noise is not None else ", no seed spread"
+  return f"{100 * diff:+.2f} points{spread}"
+
+
+def findings(cells: Sequence[Cell], metric: str = "train") -> dict[str, Any]:
+  """The two findings of He et al. Fig. 6 on `metric`, each with a computed verdict.
+
+  1. plain: the deepest plain net has a higher error than the shallowest (with the
+     depths between in order, reported separately);
+  2. resnet: the deepest ResNet is no worse than the shallowest ("holds" when lower
+     beyond noise, "within noise" when the two cannot be told apart: then "no worse"
+     holds but "better" is not shown); twins: every ResNet below its plain twin.
+
+  Returns {"plain", "resnet", "twins": {depth: verdict}, "sentences": [...],
+  "both": bool (finding 1 holds, finding 2 holds or is within noise, every twin
+  holds)}; verdicts are None where a cell is missing.
+  """
+  what = {"train": "training error", "eval": "evaluation error",
+          "test": "test error"}[metric]
+  spread = seed_spread(cells, metric)
+  out: dict[str, Any] = {"plain": None, "resnet": None, "twins": {}, "sentences": []}
+  say = out["sentences"].append
+  for family, sign in (("plain", +1), ("resnet", -1)):
+    depths = sorted(c.depth for c in cells if c.family == family
+                    and getattr(c, metric)[0] is not None)
+    if len(depths) < 2:
+      continue
+    lo, hi = _cell_of(cells, family, depths[0]), _cell_of(cells, family, depths[-1])
+    diff, noise = difference(lo, hi, metric, spread)
+    v = out[family] = judge(diff, noise, sign)
+    name = LABELS[family]
+    claim = ("deeper plain nets train worse" if family == "plain" else
+             "deeper ResNets train no worse (the paper: better)")
+    if family == "resnet" and v == "within noise":
+      v_text = "within noise: no worse holds, better is not shown"
+    else:
+      v_text = v
+    say(f"Finding {1 if family == 'plain' else 2}, {claim}: {name}-{hi.depth} "
+        f"{_percent(getattr(hi, metric)[0])} vs {name}-{lo.depth} "
+        f"{_percent(getattr(lo, metric)[0])} {what}, {_points(diff, noise)}: {v_text}.")
+    if len(depths) > 2:
+      means = [getattr(_cell_of(cells, family, d), metric)[0] for d in depths]
+      ordered = all((b - a) * sign > 0 for a, b in zip(means, means[1:]))
+      say(f"{GROUPS[family]} in depth order {', '.join(map(str, depths))}: "
+          + ", ".join(_percent(m) for m in means)
+          + (" (in order)." if ordered else " (not in order at every step)."))
+  for depth in sorted({c.depth for c in cells}):
+    plain, res = _cell_of(cells, "plain", depth), _cell_of(cells, "resnet", depth)
+    if plain is None or res is None:
+      continue
+    diff, noise = difference(plain, res, metric, spread)
+    if diff is not None:
+      out["twins"][depth] = (judge(diff, noise, -1), diff, noise)
+  if out["twins"]:
+    listed = "; ".join(f"{d}: {_points(diff, noise)} ({v})"
+                       for d, (v, diff, noise) in out["twins"].items())
+    say(f"Every ResNet below its plain twin (ResNet minus plain {what}, {listed}): "
+        + ("holds." if all(t[0] == "holds" for t in out["twins"].values()) else
+           "does not hold at every depth."))
+  out["both"] = (out["plain"] == "holds" and out["resnet"] in ("holds", "within noise")
+                 and bool(out["twins"])
+                 and all(t[0] == "holds" for t in out["twins"].values()))
+  if spread is not None:
+    say(f"Noise: the seed-to-seed std of a cell (the largest of the cells with 2+ seeds, "
+        f"{100 * spread:.2f} points, stands in for cells of one seed); a difference is "
+        "within noise when it is no larger than sqrt(std_a^2 + std_b^2).")
+  return out
+
+
+# ----------------------------------------------------------------------------------
+# The scale a figure or table rests on
+# ----------------------------------------------------------------------------------
+
+TRAIN_EXAMPLES = {"cifar10": 50000, "mnist": 60000}   # the sources' training splits
+
+
+def _one(values: set) -> str:
+  return ", ".join(sorted(map(str, values)))
+
+
+def train_examples(config: dict[str, Any]) -> Optional[int]:
+  """The number of training examples a run saw: data.train_size, else the source's
+  training split less the validation carve-out (None when unknown)."""
+  d = config.get("data", {})
+  if d.get("train_size"):
+    return int(d["train_size"])
+  full = TRAIN_EXAMPLES.get(str(d.get("source")))
+  held = d.get("validation_size") or 0
+  if full is None or isinstance(held, float):
+    return full if full is not None and not held else None
+  return full - int(held)
+
+
+def _schedule(config: dict[str, Any]) -> str:
+  s, lr = config.get("schedule", {}), config.get("optim", {}).get("learning_rate")
+  text = f"lr {lr:g} {s.get('name', 'constant')}" if lr is not None else s.get("name", "?")
+  if s.get("name") == "piecewise" and s.get("boundaries"):
+    text += f" /{1 / s.get('decay', 0.1):g} at {', '.join(map(str, s['boundaries']))}"
+  if s.get("warmup_steps"):
+    text += (f", {s['warmup_steps']}-step warm-up"
+             + (f" from {s['warmup_lr']:g}" if s.get("warmup_lr") is not None else ""))
+  return text
+
+
+def scale(runs: Sequence[RunData]) -> str:
+  """One line stating what the runs rest on: data, width, batch, iterations, epochs,
+  schedule and seeds per model, for the titles and captions of the study."""
+  configs = [r.config for r in runs]
+  steps = {r.steps for r in runs}
+  batch = {c.get("train", {}).get("batch_size") for c in configs}
+  examples = {train_examples(c) for c in configs}
+  parts = [f"{_one({c.get('data', {}).get('source') for c in configs})}"]
+  if None not in examples:
+    parts[0] += f", {_one({f'{n:,}' for n in examples})} training images"
+  held = {c.get("data", {}).get("validation_size") or 0 for c in configs}
+  if held != {0}:
+    parts[0] += f" ({_one(held)} held out)"
+  parts.append(f"width {_one({c.get('model', {}).get('width', 'default') for c in configs})}")
+  parts.append(f"batch {_one(batch)}")
+  parts.append(f"{_one(steps)} iterations")
+  if len(steps) == 1 and len(batch) == 1 and None not in batch and None not in examples:
+    epochs = {next(iter(steps)) * next(iter(batch)) / n for n in examples}
+    parts.append(f"{_one({f'{e:.1f}' for e in epochs})} epochs")
+  parts.append(_one({_schedule(c) for c in configs}))
+  seeds: dict[int, set] = {}
+  for r in runs:
+    if r.depth is not None:
+      seeds.setdefault(len({q.seed for q in runs if q.depth == r.depth
+                            and q.family == r.family}), set()).add(r.depth)
+  parts.append("seeds: " + "; ".join(f"{n} at depth {', '.join(map(str, sorted(d)))}"
+                                     for n, d in sorted(seeds.items(), reverse=True)))
+  return "; ".join(parts)

@@ -45,11 +45,13 @@ DEPTHS = (20, 32, 44, 56)
 FAMILIES = ("plain", "resnet")
 PRESETS = ("", "val", "with110", "cpu")
 
-# The CPU preset's scaling, identical for plain and residual nets (sizing measured on
-# this machine: see cpu_config).
+# The CPU preset's scaling, identical for plain and residual nets (why: cpu_config).
 CPU_WIDTH = 8
-CPU_STEPS = 200
+CPU_IMAGE_SIZE = 16
 CPU_VALIDATION = 2000
+CPU_STEPS = 1500
+CPU_WARMUP = 75
+CPU_SEEDS = {20: (0, 1), 32: (0,), 44: (0,), 56: (0, 1)}
 
 
 def paper_config() -> config_lib.ml_collections.ConfigDict:
@@ -79,41 +81,23 @@ def paper_config() -> config_lib.ml_collections.ConfigDict:
 
 
 def cpu_config() -> config_lib.ml_collections.ConfigDict:
-  """The same study sized for about an hour of a shared 2-core CPU.
+  """The study sized to show both findings of Fig. 6 in an hour of a 2-core CPU.
 
-  What changes, identically for the plain and the residual nets:
-
-  * width 8 instead of 16 (8/16/32 filters; ~1/4 of the multiply-adds);
-  * 200 iterations (25,600 images, about half an epoch) instead of 64,000, with the
-    learning rate divided by 10 at the same fractions of training (50 % and 75 %:
-    iterations 100 and 150);
-  * evaluation on 2,000 held-out training images every 40 iterations (training on the
-    other 48,000), and once on the 10k test images at the end (test.json);
-  * one seed.
-
-  Everything else is the paper's recipe, batch 128 and learning rate 0.1 included.
-  Half an epoch only shows the start of training. He et al. found the deeper plain
-  net's training error higher throughout training (ImageNet, section 4.1; "similar"
-  on CIFAR-10, Fig. 6), so the plain-net ordering can show this early; the ResNets'
-  "deeper is better" needs far longer training than this.
-
-  Sizing, measured here while 4-7 other jobs shared the 2 cores (load 9-15): a
-  jitted train step of ResNet-20 at width 8, batch 128, took 1.0-3.0 s (ResNet-56 and
-  plain-56 about 2.8x that); compiling one model's step took 1-4 minutes. The 8 runs
-  (20+32+44+56 layers, twice) cost ~7.6 ResNet-20 steps per iteration: 200 x 7.6 x
-  ~1.5-2 s ~ 40-50 min, plus ~10 min of compiling and evaluating. Measured: the whole
-  sweep took 72.6 min here (load falling from ~10 to ~5 during it); on the idle
-  machine a ResNet-20 step takes ~0.2 s (619 img/s, benchmarks/benchmark_multi.py), so
-  expect roughly a quarter of that there (an estimate, not a run).
+  DRAFT: sizing and pilot numbers are filled in from the runs.
   """
   c = paper_config()
   c.model.width = CPU_WIDTH
-  c.train.steps = CPU_STEPS
-  c.schedule.boundaries = [CPU_STEPS // 2, CPU_STEPS * 3 // 4]
+  c.data.image_size = CPU_IMAGE_SIZE
+  c.data.augment = "crop2+flip"
   c.data.validation_size = CPU_VALIDATION
+  c.train.steps = CPU_STEPS
+  c.schedule.name = "cosine"
+  c.schedule.boundaries = []
+  c.schedule.warmup_steps = CPU_WARMUP
+  c.schedule.warmup_lr = 0.01
   c.train.log_every = 10
-  c.train.eval_every = CPU_STEPS // 5
-  c.train.checkpoint_every = CPU_STEPS // 5
+  c.train.eval_every = CPU_STEPS // 4
+  c.train.checkpoint_every = CPU_STEPS // 4
   c.train.keep_checkpoints = 1
   c.train.tensorboard = False
   return c
@@ -131,11 +115,29 @@ def get_config(preset: str = ""):
   return c
 
 
+def cpu_sweep() -> list[tuple[str, dict]]:
+  """The cpu preset's runs, pilot first: ResNet-20/56 of seed 0, then their plain twins,
+  then seed 1 of the 20/56 pairs, then depths 32 and 44. ResNets start each block as
+  the identity (``model.zero_init_residual``; see cpu_config); a plain block cannot."""
+  runs = []
+  for seed, depths in ((0, (20, 56)), (1, (20, 56)), (0, (32, 44))):
+    for family in ("resnet", "plain") if seed == 0 and depths == (20, 56) else FAMILIES:
+      for depth in depths:
+        if seed in CPU_SEEDS[depth]:
+          runs.append((f"{family}{depth}_s{seed}", {
+              "model.name": f"{family}{depth}", "seed": seed,
+              **({"model.zero_init_residual": True} if family == "resnet" else {})}))
+  return runs
+
+
 def get_sweep(config, preset: str = ""):
   """{plain, resnet} x depths x seeds, named ``plain56_s0``; "with110" adds ResNet-110
-  with the paper's warm-up."""
+  with the paper's warm-up. "cpu" lists its pilot first (the 20/56 pairs of seed 0),
+  then their second seed, then depths 32 and 44."""
   del config
-  seeds = [0] if preset == "cpu" else [0, 1, 2]
+  if preset == "cpu":
+    return cpu_sweep()
+  seeds = [0, 1, 2]
   runs = sweep.product({"model.name": [f"{f}{d}" for d in DEPTHS for f in FAMILIES],
                         "seed": seeds})
   if preset == "with110":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
+from typing import Optional
 
 from cnn import cli
 from cnn.errors import ConfigError, exit_on_user_error
@@ -26,7 +27,7 @@ from experiments.degradation import analysis
 # One colour per depth, the same in both panels.
 DEPTH_COLORS = {20: "tab:orange", 32: "tab:blue", 44: "tab:green", 56: "tab:red",
                 110: "tab:purple", 18: "tab:orange", 34: "tab:red"}
-GRAD_PANELS = ("conv1", "stage1", "stage2", "stage3", "stage4", "head")
+GRAD_PANELS = ("stem", "stage1", "stage2", "stage3", "stage4", "head")
 
 
 def _color(depth: int, i: int) -> str:
@@ -81,13 +82,36 @@ def plot_fig6(runs, out: pathlib.Path, *, title: str = "") -> list[pathlib.Path]
       ax.legend(handles, labels, loc="best", fontsize=8)
   axes[0].set_ylabel(f"error (%): dashed training, solid {evals}")
   axes[0].set_ylim(0, min(100, max(20, top * 1.05)))
-  fig.suptitle(title or "Plain vs residual nets on CIFAR-10 (He et al. 2016, Fig. 6)")
+  fig.suptitle((title or "Plain vs residual nets, as in He et al. 2016 Fig. 6")
+               + f"\n{analysis.scale(runs)}", fontsize=9)
   fig.tight_layout()
   return _save(fig, out)
 
 
-def plot_grad_norms(runs, out: pathlib.Path, depth: int) -> list[pathlib.Path]:
-  """Per-stage gradient norms of plain-`depth` vs ResNet-`depth` (mean over seeds)."""
+def stage_sizes(config: dict, input_shape=(1, 32, 32, 3), num_classes: int = 10
+                ) -> dict[str, int]:
+  """Parameters per stage (`cnn.models.stage_of`) of a run's model, counted from
+  shapes alone (jax.eval_shape: nothing is computed)."""
+  import jax
+  import jax.numpy as jnp
+  from cnn import models
+  m = dict(config.get("model", {}))
+  model = models.create(m.pop("name"), num_classes=num_classes, **m)
+  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+  params = jax.eval_shape(lambda v: model.init(jax.random.key(0), v, train=False), x)
+  sizes: dict[str, int] = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params["params"])[0]:
+    stage = models.stage_of("/".join(str(getattr(k, "key", k)) for k in path))
+    sizes[stage] = sizes.get(stage, 0) + int(leaf.size)
+  return sizes
+
+
+def plot_grad_norms(runs, out: pathlib.Path, depth: int,
+                    sizes: Optional[dict[str, dict[str, int]]] = None) -> list[pathlib.Path]:
+  """Per-stage gradient norms of plain-`depth` vs ResNet-`depth` (mean over seeds),
+  divided by sqrt(parameters in the stage): the root-mean-square gradient of one
+  parameter, comparable across stages of different sizes. `sizes` ({family: {stage:
+  count}}) defaults to counting the runs' models."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -99,21 +123,27 @@ def plot_grad_norms(runs, out: pathlib.Path, depth: int) -> list[pathlib.Path]:
   if not panels:
     raise ConfigError(f"The depth-{depth} runs logged no per-stage gradient norms; train "
                       "them with --config.train.log_grad_norms=True.")
+  if sizes is None:
+    sizes = {f: stage_sizes(pair[f][0].config) for f in analysis.FAMILIES if pair[f]}
   fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.4), sharey=True)
   axes = list(axes) if len(panels) > 1 else [axes]
   for ax, panel in zip(axes, panels):
     for family, style in (("plain", "--"), ("resnet", "-")):
       steps, values = mean_curve(pair[family], f"grad_norm/{panel}")
-      if steps:
-        ax.plot(steps, values, style, color="tab:red" if family == "plain" else
-                "tab:blue", label=f"{analysis.LABELS[family]}-{depth}")
+      count = sizes.get(family, {}).get(panel)
+      if steps and count:
+        ax.plot(steps, [v / count ** 0.5 for v in values], style,
+                color="tab:red" if family == "plain" else "tab:blue",
+                label=f"{analysis.LABELS[family]}-{depth} ({len(pair[family])} seeds)")
     ax.set_yscale("log")
     ax.set_title(panel)
     ax.set_xlabel("iterations")
     ax.grid(alpha=0.3, which="both")
-  axes[0].set_ylabel("gradient norm (L2, mean over log window)")
+  axes[0].set_ylabel("RMS gradient per parameter\n(stage L2 norm / sqrt(parameters))")
   axes[0].legend(fontsize=8)
-  fig.suptitle(f"Gradient norm per stage, plain-{depth} vs ResNet-{depth}")
+  fig.suptitle(f"Gradient per parameter by stage, plain-{depth} vs ResNet-{depth} "
+               f"(mean over seeds)\n{analysis.scale(pair['plain'] + pair['resnet'])}",
+               fontsize=9)
   fig.tight_layout()
   return _save(fig, out)
 

@@ -30,15 +30,10 @@ def render(runs, root: str) -> str:
   """The Markdown report of `runs` (analysis.RunData) read from `root`."""
   cells = analysis.summarize(runs)
   on_val = analysis.evaluates_on_validation(runs)
-  steps = sorted({r.steps for r in runs})
-  widths = sorted({r.config.get("model", {}).get("width", "default") for r in runs},
-                  key=str)
-  dataset = sorted({str(r.config.get("data", {}).get("source", "?")) for r in runs})
   lines = [f"# Degradation study: plain vs residual nets ({root})", ""]
-  lines.append(f"Data {', '.join(dataset)}; {len(runs)} runs, {sum(r.done for r in runs)} "
-               f"finished; configured "
-               f"steps {', '.join(map(str, steps))}; model width {', '.join(map(str, widths))}"
-               f"; evaluation split: {'held-out validation' if on_val else 'test'}.")
+  lines.append(f"Scale: {analysis.scale(runs)}. {len(runs)} runs, "
+               f"{sum(r.done for r in runs)} finished; evaluation split: "
+               f"{'held-out validation' if on_val else 'test'}.")
   lines.append("")
   header = ["model", "runs (done)", "last step", "train error %", ]
   header += ["val error %", "test error %"] if on_val else ["test error %"]
@@ -64,7 +59,17 @@ def render(runs, root: str) -> str:
                   if on_val else "Test error: the last evaluation on the test split. ")
                + paper_note)
   lines.append("")
-  lines.append("## Does the degradation ordering hold?")
+  lines.append("## The two findings of He et al. Fig. 6, on training error")
+  lines.append("")
+  found = analysis.findings(cells, "train")
+  for sentence in found["sentences"]:
+    lines.append(f"- {sentence}")
+  lines.append("")
+  lines.append("Both findings " + ("show" if found["both"] else "do not both show")
+               + " at this scale (finding 1 holds, finding 2 holds or is within noise, "
+               "and every ResNet is below its plain twin beyond noise).")
+  lines.append("")
+  lines.append("## Ordering by depth")
   lines.append("")
   for sentence in analysis.verdict(cells, "train"):
     lines.append(f"- {sentence}")
