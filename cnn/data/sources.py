@@ -21,6 +21,8 @@ The grammar of `source`:
   `validation_size` and evaluate on the carved-out part.
 * ``mnist`` / ``cifar10``: shortcuts for ``npz:<root>/<name>/train-*.npz|<root>/<name>/test-*.npz``
   with `root` = `data_dir`, else ``$CNN_DATA_DIR``, else ``../shared/data`` beside the repo.
+* ``folder:<train dir>[|<test dir>]``: your own images, one subfolder per class (see
+  `cnn.data.folder`).
 * ``tfds:<name>[:<train split>[|<eval split>]]``: a tensorflow-datasets dataset read with
   ``tfds.data_source`` (array_record files, no TensorFlow), e.g.
   ``tfds:cifar10:train[:45000]|train[45000:]``. Splits default to train and test
@@ -30,7 +32,8 @@ The grammar of `source`:
 
 Datasets whose images have no fixed size (imagenet2012) are streamed by default: their
 `Split` wraps the random-access source and decodes on the host, see
-`cnn.data.pipeline.StreamingBatches`. Everything else is read into memory.
+`cnn.data.pipeline.StreamingBatches`. So are TFDS sets and image folders whose decoded
+images would exceed MAX_IN_MEMORY_BYTES. Everything else is read into memory.
 
 `task="segmentation"` (oxford_iiit_pet) makes the targets per-pixel masks (N, H, W)
 instead of labels: trimap values 1 (pet), 2 (background), 3 (border) become classes
@@ -162,8 +165,9 @@ def load(source: str, *, data_dir: Optional[str] = None,
     fit: how images meet `image_size`: "pad" centres them on a zero canvas (cropping
       the centre where larger), "resize" rescales them; "auto" pads images that fit
       inside the target and resizes the others.
-    stream: keep the split on disk and decode per batch; default: only datasets
-      whose images have no fixed size.
+    stream: keep the split on disk and decode per batch (TFDS and folder sources);
+      default: only datasets whose images have no fixed size or would take more than
+      MAX_IN_MEMORY_BYTES decoded.
   """
   if task not in TASKS:
     raise unknown_choice("data task", task, TASKS)
@@ -208,13 +212,17 @@ def load(source: str, *, data_dir: Optional[str] = None,
       raise ConfigError(
           f"Source {source!r} has no test folder; add '|<test dir>' after the train "
           f"folder or set data.validation_size to evaluate on part of train.")
-    x, y, names = folder_lib.read_folder(folder_lib.resolve(train_dir, data_dir),
-                                         size=size)
+    roots = [folder_lib.resolve(d, data_dir) for d in (train_dir, test_dir) if d]
+    if stream is None:
+      stream = _folder_too_big(roots, size, channels)
+    if stream:
+      return _stream_folders(source, roots, validation_size=validation_size, seed=seed,
+                             size=size, channels=channels, num_classes=num_classes)
+    x, y, names = folder_lib.read_folder(roots[0], size=size)
     train = Split(x, y)
     test = None
     if test_dir:
-      tx, ty, _ = folder_lib.read_folder(folder_lib.resolve(test_dir, data_dir), names,
-                                         size=size)
+      tx, ty, _ = folder_lib.read_folder(roots[1], names, size=size)
       test = Split(tx, ty)
     name, known = source, len(names)
   elif kind == "tfds" and rest:
@@ -481,6 +489,50 @@ def _npz_problem(f: str, error: Exception) -> str:
     return "it holds object arrays, which would need pickle"
   text = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
   return f"the archive is damaged: {text}"
+
+
+# ----------------------------------------------------------------------------------
+# Image folders, streamed
+# ----------------------------------------------------------------------------------
+
+def _folder_too_big(roots: Sequence[pathlib.Path], size, channels) -> bool:
+  """Whether the folders' images (train and test: both would be held) decoded would
+  exceed MAX_IN_MEMORY_BYTES; estimated from headers, nothing decoded."""
+  paths = [path for root in roots for path in folder_lib.list_images(root)[0]]
+  return folder_lib.decoded_bytes(paths, size, channels) > MAX_IN_MEMORY_BYTES
+
+
+def _stream_folders(name: str, roots: Sequence[pathlib.Path], *, validation_size, seed,
+                    size, channels, num_classes) -> Dataset:
+  """Train (and test) folders as streamed splits (`folder.stream_folder`): images are
+  decoded per batch on the host, statistics estimated from a sample of the held-in
+  training images, as for streamed TFDS sets without KNOWN_STATS."""
+  splits, names = [], None
+  for root in roots:
+    files, decode, image_size, found = folder_lib.stream_folder(root, names, size)
+    names = names or found
+    splits.append(Split(None, None, source=files, decode=_with_channels(decode, channels),
+                        image_size=image_size))
+  train, test = splits[0], (splits[1] if len(splits) > 1 else None)
+  for what, split in (("train", train), ("test", test)):
+    if split is not None:   # the labels are in memory: checked as in-memory ones are
+      _check_labels(name, what, Split(np.empty(0), split.source.labels),
+                    num_classes or len(names))
+  held_in = carve_validation(train, validation_size, seed)[0] if validation_size else train
+  return _assemble(name, train, test, validation_size=validation_size, seed=seed,
+                   num_classes=num_classes, known=len(names), task="classification",
+                   stats=channel_stats(held_in))
+
+
+def _with_channels(decode: Callable, channels: Optional[int]) -> Callable:
+  """`decode` whose images get `channels` the way in-memory splits do (`_set_channels`)."""
+  if channels is None:
+    return decode
+
+  def decode_channels(record) -> tuple[np.ndarray, Any]:
+    image, label = decode(record)
+    return _set_channels(image[None], channels)[0], label
+  return decode_channels
 
 
 # ----------------------------------------------------------------------------------
