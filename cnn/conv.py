@@ -17,6 +17,7 @@ from typing import Callable, Sequence, Union
 import jax
 
 from cnn.conv_gemm import conv_gemm
+from cnn.conv_native import conv_native
 from cnn.conv_xla import DIMENSION_NUMBERS, PairPadding, conv_xla  # noqa: F401
 from cnn.errors import ConfigError, unknown_choice
 
@@ -84,3 +85,5 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: int | Sequence[int] = 1,
 
 # 1x1 convolutions as matmuls and a fusion barrier: faster than XLA's on CPU (conv_gemm).
 register_impl("gemm", conv_gemm, auto_for=("cpu",))
+# im2col + OpenBLAS through jax.ffi (cnn/conv_native.py); "gemm" where it does not apply.
+register_impl("native", conv_native)
