@@ -17,7 +17,7 @@ from typing import Callable, Sequence, Union
 import jax
 
 from cnn.conv_gemm import conv_gemm
-from cnn.conv_native import conv_native
+from cnn.conv_native import conv_native, conv_native_full
 from cnn.conv_xla import DIMENSION_NUMBERS, PairPadding, conv_xla  # noqa: F401
 from cnn.errors import ConfigError, unknown_choice
 
@@ -85,5 +85,6 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: int | Sequence[int] = 1,
 
 # 1x1 convolutions as matmuls and a fusion barrier: faster than XLA's on CPU (conv_gemm).
 register_impl("gemm", conv_gemm, auto_for=("cpu",))
-# im2col + OpenBLAS through jax.ffi (cnn/conv_native.py); "gemm" where it does not apply.
+# C++ kernels through jax.ffi (cnn/conv_native.py); "gemm" where they do not apply.
 register_impl("native", conv_native)
+register_impl("native_full", conv_native_full)

@@ -1,5 +1,7 @@
-"""Convolution through a native CPU kernel ("native"): im2col + OpenBLAS sgemm in C++,
-called from XLA through `jax.ffi` for the forward pass and both gradients.
+"""Convolution through a native CPU kernel ("native", "native_full"): direct AVX2 and
+im2col + OpenBLAS sgemm kernels in C++, called from XLA through `jax.ffi` for the
+forward pass and both gradients ("native_full"), or for the passes where the kernel is
+faster than XLA's convolution ("native", see `PASSES`).
 
 The kernel (native/cnn_native/conv.cc, installed as the `cnn-native` package by
 `pip install -r requirements.txt`) handles NHWC x HWIO float32 convolutions with
@@ -115,24 +117,51 @@ def output_hw(x_hw, kernel_hw, strides, pads: Pads, dilation) -> tuple[int, int]
                for n, k, s, (lo, hi), d in zip(x_hw, kernel_hw, strides, pads, dilation))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x: Array, kernel: Array, strides, pads: Pads, dilation) -> Array:
+# The passes that run on the kernel. "native" takes the kernel where it measured
+# faster than XLA's convolution inside the engine's ResNet-20 step (README,
+# Performance): the weight gradient, which XLA:CPU computes after transposing the
+# input to batch-innermost order, while the kernel reads the stored NHWC input. XLA's
+# forward and input-gradient convolutions run at 90-190 GFLOP/s here, the kernel's at
+# ~50 per core. "native_full" puts all three passes on the kernel.
+PASSES = {"native": ("weight_grad",),
+          "native_full": ("forward", "input_grad", "weight_grad")}
+
+
+def _xla(x, kernel, strides, pads, dilation):
+  return conv_lib.conv_xla(x, kernel, strides, pads, dilation, 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv(x: Array, kernel: Array, strides, pads: Pads, dilation,
+          passes: tuple[str, ...]) -> Array:
+  if "forward" not in passes:
+    return _xla(x, kernel, strides, pads, dilation)
   oh, ow = output_hw(x.shape[1:3], kernel.shape[:2], strides, pads, dilation)
   return _call("forward", (x.shape[0], oh, ow, kernel.shape[3]), x, kernel,
                **_attrs(strides, pads, dilation))
 
 
-def _conv_fwd(x, kernel, strides, pads, dilation):
-  return _conv(x, kernel, strides, pads, dilation), (x, kernel)
+def _conv_fwd(x, kernel, strides, pads, dilation, passes):
+  return _conv(x, kernel, strides, pads, dilation, passes), (x, kernel)
 
 
-def _conv_bwd(strides, pads, dilation, residuals, dy):
-  """Both gradients through the kernel; each is its own call, so XLA drops the one
-  nobody uses (the first layer's input gradient)."""
+def _conv_bwd(strides, pads, dilation, passes, residuals, dy):
+  """Both gradients, each its own call, so XLA drops the one nobody uses (the first
+  layer's input gradient)."""
   x, kernel = residuals
   attrs = _attrs(strides, pads, dilation)
-  dx = _call("input_grad", x.shape, dy, kernel, **attrs)
-  dkernel = _call("weight_grad", kernel.shape, x, dy, **attrs)
+  if "input_grad" in passes:
+    dx = _call("input_grad", x.shape, dy, kernel, **attrs)
+  else:
+    # The transpose of XLA's convolution in x: its input gradient, with no forward
+    # convolution traced alongside (as jax.vjp would).
+    dx, = jax.linear_transpose(lambda x_: _xla(x_, kernel, strides, pads, dilation),
+                               x)(dy)
+  if "weight_grad" in passes:
+    dkernel = _call("weight_grad", kernel.shape, x, dy, **attrs)
+  else:
+    dkernel, = jax.linear_transpose(lambda k_: _xla(x, k_, strides, pads, dilation),
+                                    kernel)(dy)
   return dx, dkernel
 
 
@@ -152,11 +181,20 @@ def supported(x: Array, kernel: Array, pads: Pads, strides, dilation,
 
 def conv_native(x: Array, kernel: Array, strides: tuple[int, int],
                 padding: conv_lib.PairPadding, dilation: tuple[int, int],
-                groups: int) -> Array:
+                groups: int, *, passes: tuple[str, ...] = PASSES["native"]) -> Array:
   """NHWC x HWIO convolution, same contract and values as `cnn.conv.conv_xla`: the
-  native kernel where it applies (module docstring), "gemm" elsewhere."""
+  native kernel for `passes` where it applies (module docstring), "gemm" elsewhere.
+
+  With only some passes native, 1x1 kernels stay "gemm"'s matrix products, which are
+  faster than XLA's 1x1 convolution in every pass.
+  """
   strides, dilation = tuple(strides), tuple(dilation)
   pads = explicit_padding(x.shape[1:3], kernel.shape[:2], strides, padding, dilation)
-  if not (supported(x, kernel, pads, strides, dilation, groups) and available()):
+  pointwise_gemm = kernel.shape[:2] == (1, 1) and "forward" not in passes
+  if (pointwise_gemm or not supported(x, kernel, pads, strides, dilation, groups)
+      or not available()):
     return conv_gemm(x, kernel, strides, pads, dilation, groups)
-  return _conv(x, kernel, strides, pads, dilation)
+  return _conv(x, kernel, strides, pads, dilation, tuple(passes))
+
+
+conv_native_full = functools.partial(conv_native, passes=PASSES["native_full"])

@@ -30,11 +30,11 @@ def _value_and_grads(impl, x, kernel, cotangent, **kw):
   return y, dx, dk
 
 
-IMPLS = ["gemm", "native"]
+IMPLS = ["gemm", "native", "native_full"]
 
 
 def _require(impl):
-  if impl == "native" and not conv_native.available():
+  if impl.startswith("native") and not conv_native.available():
     pytest.skip(f"native convolution not built: {conv_native.load()}")
 
 
@@ -67,11 +67,18 @@ STRIDES = [1, 2, 4]
 PADDINGS = ["SAME", "VALID", 1, ((2, 0), (0, 1))]
 
 
+# (in, out) channels: the native kernel's im2col + sgemm path, and its direct AVX2 path
+# (output channels a multiple of 8, input channels of 4 / 8).
+CHANNELS = [(4, 6), (8, 16)]
+
+
 @pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("channels", CHANNELS)
 @pytest.mark.parametrize("kernel_hw,strides,padding",
                          list(itertools.product(KERNELS, STRIDES, PADDINGS)))
-def test_matches_xla_kernel_stride_padding(kernel_hw, strides, padding, impl):
-  _check_against_xla(kernel_hw, strides, padding, impl=impl)
+def test_matches_xla_kernel_stride_padding(kernel_hw, strides, padding, channels, impl):
+  _check_against_xla(kernel_hw, strides, padding, in_ch=channels[0],
+                     out_ch=channels[1], impl=impl)
 
 
 # ... and the rarer axes one at a time, crossed with a few of the above.
@@ -87,9 +94,11 @@ def test_matches_xla_kernel_stride_padding(kernel_hw, strides, padding, impl):
     ((3, 1), (2, 1), "SAME", 1),
 ])
 @pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("channels", CHANNELS)
 def test_matches_xla_dilation_and_large_kernels(kernel_hw, strides, padding, dilation,
-                                                impl):
-  _check_against_xla(kernel_hw, strides, padding, dilation=dilation, impl=impl)
+                                                channels, impl):
+  _check_against_xla(kernel_hw, strides, padding, dilation=dilation,
+                     in_ch=channels[0], out_ch=channels[1], impl=impl)
 
 
 @pytest.mark.parametrize("kernel_hw,strides,padding,groups,in_ch,out_ch", [
@@ -201,25 +210,43 @@ def _ffi_targets(fn, *args):
   return [t for t in jaxpr.split("target_name=")[1:] for t in [t.split()[0].strip(",")]]
 
 
-def test_native_runs_all_three_passes_on_the_kernel():
+def _grad_fn(impl, **kw):
+  return jax.grad(lambda x_, k_: conv.conv2d(x_, k_, impl=impl, **kw).sum(),
+                  argnums=(0, 1))
+
+
+def test_native_full_runs_all_three_passes_on_the_kernel():
   """Forward, input and weight gradient are the three FFI calls, no XLA convolution;
   grouped convolutions (unsupported) fall back to "gemm" and call no kernel."""
-  _require("native")
+  _require("native_full")
   x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))
-  grad = jax.grad(lambda x_, k_: conv.conv2d(x_, k_, strides=2, impl="native").sum(),
-                  argnums=(0, 1))
+  grad = _grad_fn("native_full", strides=2)
   assert sorted(_ffi_targets(grad, x, kernel)) == sorted(conv_native.TARGETS.values())
   assert _count_convolutions(grad, x, kernel) == 0
-  grouped = jax.grad(lambda x_, k_: conv.conv2d(x_, k_, groups=2, impl="native").sum(),
-                     argnums=(0, 1))
+  assert _count_convolutions(_grad_fn("native_full"), x, jnp.ones((1, 1, 4, 6))) == 0
+  grouped = _grad_fn("native_full", groups=2)
   assert _ffi_targets(grouped, x, jnp.ones((3, 3, 2, 6))) == []
   assert _count_convolutions(grouped, x, jnp.ones((3, 3, 2, 6))) == 3
 
 
-@pytest.mark.parametrize("batched", ["both", "input", "kernel"])
-def test_native_under_vmap_matches_xla(batched):
-  """vmap over seeds (--vmap_seeds) batches kernels and inputs, or one of them."""
+def test_native_runs_the_weight_gradient_on_the_kernel():
+  """"native": XLA's forward and input gradient, the kernel's weight gradient; 1x1
+  layers stay "gemm"'s matrix products (no convolution, no kernel)."""
   _require("native")
+  x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))
+  grad = _grad_fn("native", strides=2)
+  assert _ffi_targets(grad, x, kernel) == [conv_native.TARGETS["weight_grad"]]
+  assert _count_convolutions(grad, x, kernel) == 2
+  pointwise = jnp.ones((1, 1, 4, 6))
+  assert _ffi_targets(_grad_fn("native"), x, pointwise) == []
+  assert _count_convolutions(_grad_fn("native"), x, pointwise) == 0
+
+
+@pytest.mark.parametrize("impl", ["native", "native_full"])
+@pytest.mark.parametrize("batched", ["both", "input", "kernel"])
+def test_native_under_vmap_matches_xla(batched, impl):
+  """vmap over seeds (--vmap_seeds) batches kernels and inputs, or one of them."""
+  _require(impl)
   kx, kk, kc = jax.random.split(jax.random.key(5), 3)
   lead = {"both": (3, 3), "input": (3, None), "kernel": (None, 3)}[batched]
   x = jax.random.normal(kx, ((lead[0],) if lead[0] else ()) + (2, 9, 9, 3))
@@ -234,7 +261,7 @@ def test_native_under_vmap_matches_xla(batched):
     in_axes = (0 if lead[0] else None, 0 if lead[1] else None, 0)
     return jax.jit(jax.vmap(grads, in_axes=in_axes))(x, kernel, ct)
 
-  for r, g in zip(jax.tree.leaves(run("xla")), jax.tree.leaves(run("native"))):
+  for r, g in zip(jax.tree.leaves(run("xla")), jax.tree.leaves(run(impl))):
     assert g.shape == r.shape
     np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)
 
@@ -243,9 +270,10 @@ def test_native_falls_back_to_gemm_for_other_dtypes():
   """bfloat16 is not a kernel dtype: "gemm" computes it, with the same values."""
   x = jnp.ones((1, 6, 6, 2), jnp.bfloat16)
   kernel = jnp.ones((3, 3, 2, 4), jnp.bfloat16)
-  assert _ffi_targets(lambda a, b: conv.conv2d(a, b, impl="native"), x, kernel) == []
+  assert _ffi_targets(lambda a, b: conv.conv2d(a, b, impl="native_full"), x,
+                      kernel) == []
   np.testing.assert_array_equal(
-      np.asarray(conv.conv2d(x, kernel, impl="native"), np.float32),
+      np.asarray(conv.conv2d(x, kernel, impl="native_full"), np.float32),
       np.asarray(conv.conv2d(x, kernel, impl="gemm"), np.float32))
 
 
