@@ -279,6 +279,7 @@ def test_native_falls_back_to_gemm_for_other_dtypes():
 
 def test_native_missing_library_warns_once_and_uses_gemm(monkeypatch):
   """A library that is not there: one warning line, then "gemm", never an error."""
+  monkeypatch.delenv("CNN_NATIVE", raising=False)
   monkeypatch.setenv("CNN_NATIVE_LIB", "/nonexistent/libcnn_native.so")
   monkeypatch.setattr(conv_native, "_load_blas", lambda: None)
   conv_native.load.cache_clear()

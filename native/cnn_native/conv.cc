@@ -3,8 +3,10 @@
 // paddings and dilations), as XLA FFI handlers that cnn/conv_native.py registers with
 // jax.ffi.
 //
-// Each pass is im2col (or col2im) on a block of images followed by one OpenBLAS sgemm,
-// block after block. The blocks are small enough that the im2col matrix a thread has
+// Two ways to compute a pass, chosen per call by the product's output channels
+// (kDirectMaxColumns): direct AVX2 kernels (an implicit im2col over a zero-padded
+// image, below) for <= 16 channels, where they beat OpenBLAS, and otherwise im2col
+// (or col2im) on a block of images followed by one OpenBLAS sgemm, block after block. The blocks are small enough that the im2col matrix a thread has
 // just written is still in its cache when sgemm reads it: one im2col of the whole
 // batch is 75 MB for a 32x32x16 layer at batch 128 and would cost as much memory
 // traffic as the product itself. Blocks are split across our own threads (one per
