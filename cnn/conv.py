@@ -88,7 +88,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: int | Sequence[int] = 1,
 # 1x1 convolutions as matmuls and a fusion barrier: faster than XLA's on CPU (conv_gemm).
 register_impl("gemm", conv_gemm, auto_for=("cpu",))
 # C++ kernels through jax.ffi (cnn/conv_native.py); "gemm" where they do not apply.
-# Not "auto" on CPU: in the engine's ResNet-20 step "native" measured 0.97x "gemm" and
-# "native_full" 0.82x (README, Performance), so "auto" stays "gemm".
+# Not "auto" on CPU: in the engine's ResNet-20 step "native" measured 0.93-0.97x
+# "gemm" and "native_full" 0.80-0.82x (README, Performance), so "auto" stays "gemm".
 register_impl("native", conv_native)
 register_impl("native_full", conv_native_full)
