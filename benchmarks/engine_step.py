@@ -49,8 +49,15 @@ from cnn import train
 from cnn.errors import ConfigError, exit_on_user_error
 from experiments import resnet_cifar
 
-# The convolution implementations `--conv_impl all` compares.
-ALL_IMPLS = ("xla", "gemm")
+# The convolution implementations `--conv_impl all` compares (the "native" ones only
+# when their library is built: otherwise they would time "gemm" again).
+ALL_IMPLS = ("xla", "gemm", "native", "native_full")
+
+
+def all_impls() -> tuple[str, ...]:
+  from cnn import conv_native  # pylint: disable=import-outside-toplevel
+  return tuple(i for i in ALL_IMPLS
+               if not i.startswith("native") or conv_native.available())
 FAMILIES = ("resnet", "plain")
 
 
@@ -180,7 +187,7 @@ def torch_runner(model: str, batch: int, steps: int):
 def speed(args: argparse.Namespace) -> dict[str, Any]:
   """Compiles each implementation's engine step, then times alternated windows."""
   from benchmarks import train_step as benchmark  # pylint: disable=import-outside-toplevel
-  impls = ALL_IMPLS if args.conv_impl == "all" else tuple(args.conv_impl.split(","))
+  impls = all_impls() if args.conv_impl == "all" else tuple(args.conv_impl.split(","))
   report: dict[str, Any] = {"model": args.model, "batch": args.batch,
                             "steps_per_window": args.steps, "windows": args.windows,
                             "step": "engine (cnn.train.compile_steps, fused input "
@@ -292,7 +299,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--windows", type=int, default=6, help="timed windows per contender")
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
   parser.add_argument("--conv_impl", default="auto",
-                      help="xla, gemm, auto, a comma list, or all (= xla,gemm)")
+                      help="xla, gemm, native, native_full, auto, a comma list, or all "
+                           "(= all of these that are available)")
   parser.add_argument("--vs", choices=("torch",), default=None,
                       help="also time the PyTorch reference, alternating windows")
   parser.add_argument("--data", choices=("auto", "cifar10", "synthetic"), default="auto")

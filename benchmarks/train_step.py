@@ -47,7 +47,7 @@ import optax
 from cnn import conv, models
 from cnn.errors import ConfigError, exit_on_user_error
 
-CONV_IMPLS = ("xla", "gemm", "auto", "all")
+CONV_IMPLS = ("xla", "gemm", "native", "native_full", "auto", "all")
 # The models benchmarks/torch_reference.py rebuilds in PyTorch.
 TORCH_MODELS = ("lenet5", *(f"{family}{depth}" for family in ("resnet", "plain")
                              for depth in (20, 32, 44, 56, 110)))

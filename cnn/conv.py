@@ -4,11 +4,13 @@
 computed:
 
 - ``"xla"``: `lax.conv_general_dilated`, the reference and the fastest on GPU/TPU.
+- ``"gemm"``: XLA's kernels without XLA:CPU's slow weight-gradient path (conv_gemm).
+- ``"native"`` / ``"native_full"``: C++ kernels through `jax.ffi` for the weight
+  gradient / for all three passes (conv_native); ``"gemm"`` when not built.
 - ``"auto"``: the fastest known implementation for the current backend.
 
-Other implementations are registered in `CONV_IMPLS` (see `register_impl`; ``"gemm"``
-below), so a faster kernel for one backend is one function, checked against ``"xla"``
-in the tests.
+Implementations are registered in `CONV_IMPLS` (see `register_impl`, below), so a
+faster kernel for one backend is one function, checked against ``"xla"`` in the tests.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Callable, Sequence, Union
 import jax
 
 from cnn.conv_gemm import conv_gemm
+from cnn.conv_native import conv_native, conv_native_full
 from cnn.conv_xla import DIMENSION_NUMBERS, PairPadding, conv_xla  # noqa: F401
 from cnn.errors import ConfigError, unknown_choice
 
@@ -84,3 +87,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: int | Sequence[int] = 1,
 
 # 1x1 convolutions as matmuls and a fusion barrier: faster than XLA's on CPU (conv_gemm).
 register_impl("gemm", conv_gemm, auto_for=("cpu",))
+# C++ kernels through jax.ffi (cnn/conv_native.py); "gemm" where they do not apply.
+# Not "auto" on CPU: in the engine's ResNet-20 step "native" measured 0.93-0.97x
+# "gemm" and "native_full" 0.80-0.82x (README, Performance), so "auto" stays "gemm".
+register_impl("native", conv_native)
+register_impl("native_full", conv_native_full)

@@ -1,5 +1,7 @@
-"""The "gemm" convolution against XLA's: values and both gradients over a grid of
-kernel sizes, strides, paddings, dilations and groups, and a jitted two-conv network."""
+"""The "gemm" and "native" convolutions against XLA's: values and both gradients over a
+grid of kernel sizes, strides, paddings, dilations and groups, and a jitted two-conv
+network. The "native" cases skip when its library (native/, cnn/conv_native.py) is not
+built; its unsupported configurations (groups > 1) check the fallback to "gemm"."""
 import functools
 import importlib.util
 import itertools
@@ -11,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn import conv, conv_gemm, layers
+from cnn import conv, conv_gemm, conv_native, layers
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -28,22 +30,32 @@ def _value_and_grads(impl, x, kernel, cotangent, **kw):
   return y, dx, dk
 
 
-@functools.partial(jax.jit, static_argnames=("strides", "padding", "dilation", "groups"))
-def _both(x, kernel, cotangent, **kw):
+IMPLS = ["gemm", "native", "native_full"]
+
+
+def _require(impl):
+  if impl.startswith("native") and not conv_native.available():
+    pytest.skip(f"native convolution not built: {conv_native.load()}")
+
+
+@functools.partial(jax.jit,
+                   static_argnames=("impl", "strides", "padding", "dilation", "groups"))
+def _both(x, kernel, cotangent, impl="gemm", **kw):
   # One compilation per case for both implementations: faster than op-by-op dispatch.
   return (_value_and_grads("xla", x, kernel, cotangent, **kw),
-          _value_and_grads("gemm", x, kernel, cotangent, **kw))
+          _value_and_grads(impl, x, kernel, cotangent, **kw))
 
 
 def _check_against_xla(kernel_hw, strides, padding, dilation=1, groups=1,
-                       in_ch=4, out_ch=6, seed=0):
+                       in_ch=4, out_ch=6, seed=0, impl="gemm"):
+  _require(impl)
   kx, kk, kc = jax.random.split(jax.random.key(seed), 3)
   x = jax.random.normal(kx, (N, H, W, in_ch), jnp.float32)
   kernel = jax.random.normal(kk, (*kernel_hw, in_ch // groups, out_ch), jnp.float32)
   kw = dict(strides=strides, padding=padding, dilation=dilation, groups=groups)
   out_shape = jax.eval_shape(lambda: conv.conv2d(x, kernel, impl="xla", **kw)).shape
   cotangent = jax.random.normal(kc, out_shape, jnp.float32)
-  ref, got = _both(x, kernel, cotangent, **kw)
+  ref, got = _both(x, kernel, cotangent, impl=impl, **kw)
   for name, r, g in zip(("value", "input gradient", "kernel gradient"), ref, got):
     assert g.shape == r.shape, name
     np.testing.assert_allclose(np.asarray(g), np.asarray(r), err_msg=name, **TOL)
@@ -55,10 +67,18 @@ STRIDES = [1, 2, 4]
 PADDINGS = ["SAME", "VALID", 1, ((2, 0), (0, 1))]
 
 
+# (in, out) channels: the native kernel's im2col + sgemm path, and its direct AVX2 path
+# (output channels a multiple of 8, input channels of 4 / 8).
+CHANNELS = [(4, 6), (8, 16)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("channels", CHANNELS)
 @pytest.mark.parametrize("kernel_hw,strides,padding",
                          list(itertools.product(KERNELS, STRIDES, PADDINGS)))
-def test_matches_xla_kernel_stride_padding(kernel_hw, strides, padding):
-  _check_against_xla(kernel_hw, strides, padding)
+def test_matches_xla_kernel_stride_padding(kernel_hw, strides, padding, channels, impl):
+  _check_against_xla(kernel_hw, strides, padding, in_ch=channels[0],
+                     out_ch=channels[1], impl=impl)
 
 
 # ... and the rarer axes one at a time, crossed with a few of the above.
@@ -73,8 +93,12 @@ def test_matches_xla_kernel_stride_padding(kernel_hw, strides, padding):
     ((7, 7), 4, "VALID", 1),
     ((3, 1), (2, 1), "SAME", 1),
 ])
-def test_matches_xla_dilation_and_large_kernels(kernel_hw, strides, padding, dilation):
-  _check_against_xla(kernel_hw, strides, padding, dilation=dilation)
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_matches_xla_dilation_and_large_kernels(kernel_hw, strides, padding, dilation,
+                                                channels, impl):
+  _check_against_xla(kernel_hw, strides, padding, dilation=dilation,
+                     in_ch=channels[0], out_ch=channels[1], impl=impl)
 
 
 @pytest.mark.parametrize("kernel_hw,strides,padding,groups,in_ch,out_ch", [
@@ -86,9 +110,10 @@ def test_matches_xla_dilation_and_large_kernels(kernel_hw, strides, padding, dil
     ((1, 1), 2, "SAME", 4, 4, 8),      # depthwise 1x1
     ((5, 5), 1, "SAME", 4, 4, 4),
 ])
-def test_matches_xla_groups(kernel_hw, strides, padding, groups, in_ch, out_ch):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_matches_xla_groups(kernel_hw, strides, padding, groups, in_ch, out_ch, impl):
   _check_against_xla(kernel_hw, strides, padding, groups=groups, in_ch=in_ch,
-                     out_ch=out_ch)
+                     out_ch=out_ch, impl=impl)
 
 
 def _count_convolutions(fn, *args):
@@ -149,7 +174,9 @@ class _TwoConvNet(nn.Module):
     return x.mean(axis=(1, 2)) @ jnp.arange(12.0 * 3).reshape(12, 3) / 36
 
 
-def test_jitted_network_gradient_matches_xla():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_jitted_network_gradient_matches_xla(impl):
+  _require(impl)
   x = jax.random.normal(jax.random.key(1), (4, 10, 10, 3))
   labels = jnp.array([0, 1, 2, 1])
   variables = _TwoConvNet("xla").init(jax.random.key(2), x, train=False)
@@ -164,13 +191,109 @@ def test_jitted_network_gradient_matches_xla():
                                            labels[:, None], axis=1))
     return jax.jit(jax.value_and_grad(loss))(variables["params"])
 
-  (loss_ref, g_ref), (loss_gemm, g_gemm) = grads("xla"), grads("gemm")
+  (loss_ref, g_ref), (loss_gemm, g_gemm) = grads("xla"), grads(impl)
   np.testing.assert_allclose(loss_gemm, loss_ref, **TOL)
   flat_ref = jax.tree_util.tree_leaves_with_path(g_ref)
   flat_gemm = jax.tree.leaves(g_gemm)
   assert len(flat_ref) == len(flat_gemm) == 6   # 2 kernels, 2 biases, BN scale, bias
   for (path, r), g in zip(flat_ref, flat_gemm):
     np.testing.assert_allclose(np.asarray(g), np.asarray(r), err_msg=str(path), **TOL)
+
+
+# ----------------------------------------------------------------------------------
+# "native": the FFI kernels, vmap, the fallback
+# ----------------------------------------------------------------------------------
+
+def _ffi_targets(fn, *args):
+  """The FFI targets in fn's jaxpr, in order."""
+  jaxpr = str(jax.make_jaxpr(fn)(*args))
+  return [t for t in jaxpr.split("target_name=")[1:] for t in [t.split()[0].strip(",")]]
+
+
+def _grad_fn(impl, **kw):
+  return jax.grad(lambda x_, k_: conv.conv2d(x_, k_, impl=impl, **kw).sum(),
+                  argnums=(0, 1))
+
+
+def test_native_full_runs_all_three_passes_on_the_kernel():
+  """Forward, input and weight gradient are the three FFI calls, no XLA convolution;
+  grouped convolutions (unsupported) fall back to "gemm" and call no kernel."""
+  _require("native_full")
+  x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))
+  grad = _grad_fn("native_full", strides=2)
+  assert sorted(_ffi_targets(grad, x, kernel)) == sorted(conv_native.TARGETS.values())
+  assert _count_convolutions(grad, x, kernel) == 0
+  assert _count_convolutions(_grad_fn("native_full"), x, jnp.ones((1, 1, 4, 6))) == 0
+  grouped = _grad_fn("native_full", groups=2)
+  assert _ffi_targets(grouped, x, jnp.ones((3, 3, 2, 6))) == []
+  assert _count_convolutions(grouped, x, jnp.ones((3, 3, 2, 6))) == 3
+
+
+def test_native_runs_the_weight_gradient_on_the_kernel():
+  """"native": XLA's forward and input gradient, the kernel's weight gradient; 1x1
+  layers stay "gemm"'s matrix products (no convolution, no kernel)."""
+  _require("native")
+  x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))
+  grad = _grad_fn("native", strides=2)
+  assert _ffi_targets(grad, x, kernel) == [conv_native.TARGETS["weight_grad"]]
+  assert _count_convolutions(grad, x, kernel) == 2
+  pointwise = jnp.ones((1, 1, 4, 6))
+  assert _ffi_targets(_grad_fn("native"), x, pointwise) == []
+  assert _count_convolutions(_grad_fn("native"), x, pointwise) == 0
+
+
+@pytest.mark.parametrize("impl", ["native", "native_full"])
+@pytest.mark.parametrize("batched", ["both", "input", "kernel"])
+def test_native_under_vmap_matches_xla(batched, impl):
+  """vmap over seeds (--vmap_seeds) batches kernels and inputs, or one of them."""
+  _require(impl)
+  kx, kk, kc = jax.random.split(jax.random.key(5), 3)
+  lead = {"both": (3, 3), "input": (3, None), "kernel": (None, 3)}[batched]
+  x = jax.random.normal(kx, ((lead[0],) if lead[0] else ()) + (2, 9, 9, 3))
+  kernel = jax.random.normal(kk, ((lead[1],) if lead[1] else ()) + (3, 3, 3, 5))
+  ct = jax.random.normal(kc, (3, 2, 5, 5, 5))
+
+  def run(impl):
+    def loss(x_, k_, ct_):
+      y = conv.conv2d(x_, k_, strides=2, padding="SAME", impl=impl)
+      return jnp.sum(y * ct_), y
+    grads = jax.grad(loss, argnums=(0, 1), has_aux=True)
+    in_axes = (0 if lead[0] else None, 0 if lead[1] else None, 0)
+    return jax.jit(jax.vmap(grads, in_axes=in_axes))(x, kernel, ct)
+
+  for r, g in zip(jax.tree.leaves(run("xla")), jax.tree.leaves(run(impl))):
+    assert g.shape == r.shape
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), **TOL)
+
+
+def test_native_falls_back_to_gemm_for_other_dtypes():
+  """bfloat16 is not a kernel dtype: "gemm" computes it, with the same values."""
+  x = jnp.ones((1, 6, 6, 2), jnp.bfloat16)
+  kernel = jnp.ones((3, 3, 2, 4), jnp.bfloat16)
+  assert _ffi_targets(lambda a, b: conv.conv2d(a, b, impl="native_full"), x,
+                      kernel) == []
+  np.testing.assert_array_equal(
+      np.asarray(conv.conv2d(x, kernel, impl="native_full"), np.float32),
+      np.asarray(conv.conv2d(x, kernel, impl="gemm"), np.float32))
+
+
+def test_native_missing_library_warns_once_and_uses_gemm(monkeypatch):
+  """A library that is not there: one warning line, then "gemm", never an error."""
+  monkeypatch.delenv("CNN_NATIVE", raising=False)
+  monkeypatch.setenv("CNN_NATIVE_LIB", "/nonexistent/libcnn_native.so")
+  monkeypatch.setattr(conv_native, "_load_blas", lambda: None)
+  conv_native.load.cache_clear()
+  try:
+    with pytest.warns(RuntimeWarning, match="'native' is unavailable") as record:
+      x, kernel = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 3))
+      y = conv.conv2d(x, kernel, impl="native")
+      conv.conv2d(x, kernel, impl="native")
+    assert len(record) == 1 and "\n" not in str(record[0].message)
+    np.testing.assert_array_equal(np.asarray(y),
+                                  np.asarray(conv.conv2d(x, kernel, impl="gemm")))
+  finally:
+    monkeypatch.undo()
+    conv_native.load.cache_clear()
 
 
 def test_auto_resolves_to_gemm_on_cpu():
