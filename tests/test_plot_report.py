@@ -247,6 +247,6 @@ def test_scale_line_states_data_width_iterations_epochs_and_seeds(tmp_path):
     config_file.write_text(json.dumps(config))
   line = analysis.scale(analysis.load_runs(root))
   # 1000 iterations x 128 images / 48,000 training images = 2.67 epochs.
-  assert line == ("cifar10, 48,000 training images (2000 held out); width 8; batch 128; "
+  assert line == ("cifar10, 48,000 training images (2,000 held out); width 8; batch 128; "
                   "1000 iterations; 2.7 epochs; lr 0.1 cosine, 75-step warm-up from 0.01; "
                   "seeds: 2 at depth 20, 32, 56")

@@ -405,7 +405,7 @@ def scale(runs: Sequence[RunData]) -> str:
     parts[0] += f", {_one({f'{n:,}' for n in examples})} training images"
   held = {c.get("data", {}).get("validation_size") or 0 for c in configs}
   if held != {0}:
-    parts[0] += f" ({_one(held)} held out)"
+    parts[0] += f" ({_one({f'{h:,}' if isinstance(h, int) else h for h in held})} held out)"
   parts.append(f"width {_one({c.get('model', {}).get('width', 'default') for c in configs})}")
   parts.append(f"batch {_one(batch)}")
   parts.append(f"{_one(steps)} iterations")
@@ -413,6 +413,8 @@ def scale(runs: Sequence[RunData]) -> str:
     epochs = {next(iter(steps)) * next(iter(batch)) / n for n in examples}
     parts.append(f"{_one({f'{e:.1f}' for e in epochs})} epochs")
   parts.append(_one({_schedule(c) for c in configs}))
+  if any(c.get("model", {}).get("zero_init_residual") for c in configs):
+    parts.append("ResNet blocks start as the identity (zero-init last BN scale)")
   seeds: dict[int, set] = {}
   for r in runs:
     if r.depth is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
+import textwrap
 from typing import Optional
 
 from cnn import cli
@@ -38,7 +39,8 @@ def _lr_drops(runs) -> list[int]:
   """The piecewise schedule's boundaries, when all `runs` share them (dotted lines)."""
   found = {tuple(r.config.get("schedule", {}).get("boundaries", []) or ())
            for r in runs if r.config.get("schedule", {}).get("name") == "piecewise"}
-  return list(found.pop()) if len(found) == 1 else []
+  last = max((r.steps or 0 for r in runs), default=0)   # drops after the run: not drawn
+  return [b for b in found.pop() if b <= last] if len(found) == 1 else []
 
 
 def plot_fig6(runs, out: pathlib.Path, *, title: str = "") -> list[pathlib.Path]:
@@ -83,7 +85,7 @@ def plot_fig6(runs, out: pathlib.Path, *, title: str = "") -> list[pathlib.Path]
   axes[0].set_ylabel(f"error (%): dashed training, solid {evals}")
   axes[0].set_ylim(0, min(100, max(20, top * 1.05)))
   fig.suptitle((title or "Plain vs residual nets, as in He et al. 2016 Fig. 6")
-               + f"\n{analysis.scale(runs)}", fontsize=9)
+               + "\n" + textwrap.fill(analysis.scale(runs), 140), fontsize=9)
   fig.tight_layout()
   return _save(fig, out)
 
@@ -142,7 +144,8 @@ def plot_grad_norms(runs, out: pathlib.Path, depth: int,
   axes[0].set_ylabel("RMS gradient per parameter\n(stage L2 norm / sqrt(parameters))")
   axes[0].legend(fontsize=8)
   fig.suptitle(f"Gradient per parameter by stage, plain-{depth} vs ResNet-{depth} "
-               f"(mean over seeds)\n{analysis.scale(pair['plain'] + pair['resnet'])}",
+               "(mean over seeds)\n"
+               + textwrap.fill(analysis.scale(pair["plain"] + pair["resnet"]), 160),
                fontsize=9)
   fig.tight_layout()
   return _save(fig, out)
