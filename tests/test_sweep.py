@@ -130,7 +130,7 @@ def test_dry_run_shows_done_partial_and_new(tmp_path, capsys):
   assert rows["resnet20_s0"][1] == "partial@300"
   assert rows["plain56_s0"][1] == "new"
   assert rows["plain56_s0"][3:] == ["model.name=plain56", "seed=0"]
-  assert out[-1] == "8 runs: 1 done, 1 partial, 6 new"
+  assert out[-1] == "12 runs: 1 done, 1 partial, 10 new"
   assert not (root / "sweep.json").exists()    # a dry run writes nothing
 
 
