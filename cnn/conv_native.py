@@ -4,7 +4,7 @@ forward pass and both gradients ("native_full"), or for the passes where the ker
 faster than XLA's convolution ("native", see `PASSES`).
 
 The kernel (native/cnn_native/conv.cc, installed as the `cnn-native` package by
-`pip install -r requirements.txt`) handles NHWC x HWIO float32 convolutions with
+`pip install ./native`, opt-in) handles NHWC x HWIO float32 convolutions with
 groups 1 and any strides, paddings and dilations. Everything else - other dtypes,
 grouped or depthwise convolutions, empty arrays, other backends - and every call when
 the library is not installed or fails to load goes to ``"gemm"`` (cnn/conv_gemm.py),
