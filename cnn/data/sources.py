@@ -217,7 +217,8 @@ def load(source: str, *, data_dir: Optional[str] = None,
       stream = _folder_too_big(roots, size, channels)
     if stream:
       return _stream_folders(source, roots, validation_size=validation_size, seed=seed,
-                             size=size, channels=channels, num_classes=num_classes)
+                             train_size=train_size, size=size, channels=channels,
+                             num_classes=num_classes)
     x, y, names = folder_lib.read_folder(roots[0], size=size)
     train = Split(x, y)
     test = None
@@ -503,7 +504,7 @@ def _folder_too_big(roots: Sequence[pathlib.Path], size, channels) -> bool:
 
 
 def _stream_folders(name: str, roots: Sequence[pathlib.Path], *, validation_size, seed,
-                    size, channels, num_classes) -> Dataset:
+                    train_size, size, channels, num_classes) -> Dataset:
   """Train (and test) folders as streamed splits (`folder.stream_folder`): images are
   decoded per batch on the host, statistics estimated from a sample of the held-in
   training images, as for streamed TFDS sets without KNOWN_STATS."""
@@ -519,9 +520,11 @@ def _stream_folders(name: str, roots: Sequence[pathlib.Path], *, validation_size
       _check_labels(name, what, Split(np.empty(0), split.source.labels),
                     num_classes or len(names))
   held_in = carve_validation(train, validation_size, seed)[0] if validation_size else train
+  if train_size is not None:
+    held_in = first_examples(held_in, train_size)
   return _assemble(name, train, test, validation_size=validation_size, seed=seed,
-                   num_classes=num_classes, known=len(names), task="classification",
-                   stats=channel_stats(held_in))
+                   train_size=train_size, num_classes=num_classes, known=len(names),
+                   task="classification", stats=channel_stats(held_in))
 
 
 def _with_channels(decode: Callable, channels: Optional[int]) -> Callable:
