@@ -5,14 +5,16 @@ stride) raises `ConfigError` with one sentence that says what is wrong and what 
 Entry points call `exit_on_user_error` so such a mistake ends with that sentence and
 exit status 2, never a traceback. It also turns the two failures a user must hear
 about in one line but did not cause by a typo into one: a full disk (`DiskFullError`,
-exit 1) and a SIGTERM outside the training loop, whose own handler checkpoints (exit
-143, the shell's code for it, with a message instead of a silent death).
+exit 1), a SIGTERM outside the training loop, whose own handler checkpoints (exit
+143, the shell's code for it, with a message instead of a silent death), and a
+collective of a multi-process job that fails because a peer process died (exit 1).
 """
 from __future__ import annotations
 
 import contextlib
 import difflib
 import errno
+import os
 import signal
 import sys
 import threading
@@ -58,7 +60,8 @@ def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> ConfigEr
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
   """Turns a ConfigError (or a FileNotFoundError) into one line on stderr and exit 2, a
-  full disk into one line and exit 1, and a SIGTERM into one line and exit 143."""
+  full disk or a dead peer process into one line and exit 1, and a SIGTERM into one
+  line and exit 143."""
   previous = _catch_sigterm()
   try:
     yield
@@ -74,6 +77,10 @@ def exit_on_user_error() -> Iterator[None]:
     print(f"error: no space left on device writing {e.filename or 'a file'}; free some "
           "space and run the same command again to resume.", file=sys.stderr)
     sys.exit(1)
+  except Exception as e:  # pylint: disable=broad-except
+    if not lost_peer(e):
+      raise
+    _exit_lost_peer(e)
   except Terminated:
     print("error: terminated by SIGTERM outside the training loop (while starting or "
           "finishing); the workdir's checkpoints are intact, run the same command again "
@@ -82,6 +89,40 @@ def exit_on_user_error() -> Iterator[None]:
   finally:
     if previous is not None:
       signal.signal(signal.SIGTERM, previous)
+
+
+# What a multi-process collective's transport (gloo on CPU) says when the process at
+# the other end is gone: a closed or reset connection, or a message cut short.
+_LOST_PEER_TEXT = ("Gloo ", "Connection closed by peer", "Connection reset by peer",
+                   "Received data size doesn't match expected size")
+
+
+def lost_peer(error: BaseException) -> bool:
+  """Whether `error` is a JAX runtime error of a collective in a multi-process job
+  whose peer died (or lost its connection), rather than a fault of this process."""
+  jax = sys.modules.get("jax")
+  if jax is None or not isinstance(error, jax.errors.JaxRuntimeError):
+    return False
+  try:
+    if jax.process_count() < 2:
+      return False
+  except RuntimeError:
+    return False
+  return any(text in str(error) for text in _LOST_PEER_TEXT)
+
+
+def _exit_lost_peer(error: BaseException) -> None:
+  """One line, then exit 1 at once. A normal exit would run JAX's atexit shutdown,
+  whose barrier waits for the dead peer until the heartbeat timeout and then aborts
+  the process with a C++ stack trace; the checkpoints already on disk are final (an
+  unfinished save stays a temporary directory, which restoring skips)."""
+  cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  print(f"error: a collective failed because another task died or lost its connection "
+        f"({cause}); the workdir's checkpoints are intact: restart every process with "
+        "the same command to resume.", file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)  # pylint: disable=protected-access
 
 
 def _raise_terminated(signum, frame):

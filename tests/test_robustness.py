@@ -574,3 +574,20 @@ def test_skip_mode_reports_skipped_windows_as_null_in_strict_json(tmp_path, capf
     assert r["train_loss"] is None and r["train_top1_error"] is None, r
   assert final["skipped_steps"] == 5 and final["train_loss"] is None
   assert "5 of 6 steps were skipped" in out
+
+
+@pytest.mark.parametrize("text,processes,expected", [
+    ("UNKNOWN: Gloo AllGather failed: [pair.cc:547] Connection closed by peer", 2, True),
+    ("UNKNOWN: Received data size doesn't match expected size", 2, True),
+    ("UNKNOWN: Gloo AllGather failed: [pair.cc:547] Connection closed by peer", 1, False),
+    ("RESOURCE_EXHAUSTED: out of memory allocating 4 GiB", 2, False),
+])
+def test_a_dead_peer_is_told_apart_from_this_process_failing(monkeypatch, text,
+                                                              processes, expected):
+  """Only a collective's transport failure in a multi-process job is a dead peer (the
+  CLI's one line, exit 1); any other runtime error keeps its traceback."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from cnn import errors  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(jax, "process_count", lambda: processes)
+  assert errors.lost_peer(jax.errors.JaxRuntimeError(text)) is expected
+  assert not errors.lost_peer(RuntimeError(text))
