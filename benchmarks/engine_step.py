@@ -45,19 +45,21 @@ import numpy as np
 import optax
 
 from cnn import conv
+from cnn import host_memory
 from cnn import train
 from cnn.errors import ConfigError, exit_on_user_error
 from experiments import resnet_cifar
 
-# The convolution implementations `--conv_impl all` compares (the "native" ones only
+# The convolution implementations `--conv_impl all` compares (the native ones only
 # when their library is built: otherwise they would time "gemm" again).
-ALL_IMPLS = ("xla", "gemm", "native", "native_full")
+ALL_IMPLS = ("xla", "gemm", "onednn", "native", "native_full")
+_LIBRARY = {"onednn": "onednn", "native": "native", "native_full": "native"}
 
 
 def all_impls() -> tuple[str, ...]:
   from cnn import conv_native  # pylint: disable=import-outside-toplevel
   return tuple(i for i in ALL_IMPLS
-               if not i.startswith("native") or conv_native.available())
+               if i not in _LIBRARY or conv_native.available(_LIBRARY[i]))
 FAMILIES = ("resnet", "plain")
 
 
@@ -333,6 +335,7 @@ def main(argv=None) -> None:
   with exit_on_user_error():
     args = parse_args(argv)
     disable_compilation_cache()
+    host_memory.keep_freed_memory()   # as scripts.train does
     report = compile_table(args) if args.compile_table else speed(args)
     print(json.dumps(report, indent=2))
 

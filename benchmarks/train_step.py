@@ -47,7 +47,7 @@ import optax
 from cnn import conv, models
 from cnn.errors import ConfigError, exit_on_user_error
 
-CONV_IMPLS = ("xla", "gemm", "native", "native_full", "auto", "all")
+CONV_IMPLS = ("xla", "gemm", "onednn", "native", "native_full", "auto", "all")
 # The models benchmarks/torch_reference.py rebuilds in PyTorch.
 TORCH_MODELS = ("lenet5", *(f"{family}{depth}" for family in ("resnet", "plain")
                              for depth in (20, 32, 44, 56, 110)))
@@ -162,12 +162,12 @@ class TorchRunner:
     cmd = [sys.executable, "-m", "benchmarks.torch_reference", "--model", model_name,
            "--batch", str(batch), "--steps", str(steps), "--threads", str(threads),
            "--serve"]
-    # OpenMP threads that spin while waiting collapse PyTorch's throughput 5-10x when
-    # other processes share the cores (measured on the 2-core dev box: ResNet-20
-    # ~20-50 img/s instead of ~250 with passive waiting). On an idle machine spinning
-    # may be a little faster: run with OMP_WAIT_POLICY=ACTIVE to compare; a value
-    # already in the environment is kept.
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    # PyTorch runs with OpenMP's default waiting, as a user's PyTorch does, unless
+    # OMP_WAIT_POLICY is set: it then holds for both sides (the engine's oneDNN uses
+    # OpenMP too). Measured on the 2-core box, idle, ResNet-20: PyTorch ACTIVE ~720
+    # img/s, PASSIVE ~600; on a shared machine spinning threads collapse PyTorch 5-10x
+    # (~20-50 img/s instead of ~250), so set PASSIVE there.
+    env = dict(os.environ)
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  text=True, env=env, cwd=os.path.dirname(os.path.dirname(
                                      os.path.abspath(__file__))))
@@ -301,6 +301,8 @@ def engine_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv=None) -> None:
   with exit_on_user_error():
     args = parse_args(argv)
+    from cnn import host_memory  # pylint: disable=import-outside-toplevel
+    host_memory.keep_freed_memory()   # as scripts.train does
     step = args.step
     if step == "auto":
       step = "engine" if is_cifar_resnet(args.model) else "bare"

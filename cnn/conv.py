@@ -5,9 +5,11 @@ computed:
 
 - ``"xla"``: `lax.conv_general_dilated`, the reference and the fastest on GPU/TPU.
 - ``"gemm"``: XLA's kernels without XLA:CPU's slow weight-gradient path (conv_gemm).
-- ``"native"`` / ``"native_full"``: C++ kernels through `jax.ffi` for the weight
-  gradient / for all three passes (conv_native); ``"gemm"`` when not built.
-- ``"auto"``: the fastest known implementation for the current backend.
+- ``"onednn"``: oneDNN's convolutions (what PyTorch's CPU convolutions run on) through
+  `jax.ffi` for all three passes (conv_native); ``"gemm"`` when not installed.
+- ``"native"`` / ``"native_full"``: the project's own C++ kernels through `jax.ffi` for
+  the weight gradient / for all three passes (conv_native); ``"gemm"`` when not built.
+- ``"auto"``: the fastest implementation for the current backend that is installed.
 
 Implementations are registered in `CONV_IMPLS` (see `register_impl`, below), so a
 faster kernel for one backend is one function, checked against ``"xla"`` in the tests.
@@ -19,7 +21,8 @@ from typing import Callable, Sequence, Union
 import jax
 
 from cnn.conv_gemm import conv_gemm
-from cnn.conv_native import conv_native, conv_native_full
+from cnn import conv_native as conv_native_lib
+from cnn.conv_native import conv_native, conv_native_full, conv_onednn
 from cnn.conv_xla import DIMENSION_NUMBERS, PairPadding, conv_xla  # noqa: F401
 from cnn.errors import ConfigError, unknown_choice
 
@@ -56,21 +59,26 @@ def normalize_padding(padding: Padding) -> PairPadding:
 
 ConvImpl = Callable[..., jax.Array]
 CONV_IMPLS: dict[str, ConvImpl] = {"xla": conv_xla}
-# Per backend, the implementation "auto" resolves to; backends not listed use "xla".
-AUTO_IMPL: dict[str, str] = {}
+# Per backend, what "auto" resolves to: the first implementation registered for it
+# (fastest first) whose `ready()` holds; backends not listed use "xla".
+AUTO_IMPL: dict[str, list[tuple[str, Callable[[], bool]]]] = {}
 
 
-def register_impl(name: str, fn: ConvImpl, *, auto_for: Sequence[str] = ()) -> None:
-  """Adds a convolution implementation; `auto_for` names backends where it is fastest."""
+def register_impl(name: str, fn: ConvImpl, *, auto_for: Sequence[str] = (),
+                  ready: Callable[[], bool] = lambda: True) -> None:
+  """Adds a convolution implementation. `auto_for` names backends where it is the
+  fastest of those registered so far; `ready` says whether it can run here (e.g. its
+  library is installed), asked when "auto" is resolved."""
   CONV_IMPLS[name] = fn
   for backend in auto_for:
-    AUTO_IMPL[backend] = name
+    AUTO_IMPL.setdefault(backend, []).insert(0, (name, ready))
 
 
 def resolve_impl(impl: str) -> str:
   """The concrete implementation name for `impl` on the default backend."""
   if impl == "auto":
-    return AUTO_IMPL.get(jax.default_backend(), "xla")
+    return next((name for name, ready in AUTO_IMPL.get(jax.default_backend(), ())
+                 if ready()), "xla")
   if impl not in CONV_IMPLS:
     raise unknown_choice("conv_impl", impl, list(CONV_IMPLS) + ["auto"])
   return impl
@@ -89,6 +97,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: int | Sequence[int] = 1,
 register_impl("gemm", conv_gemm, auto_for=("cpu",))
 # C++ kernels through jax.ffi (cnn/conv_native.py); "gemm" where they do not apply.
 # Not "auto" on CPU: in the engine's ResNet-20 step "native" measured 0.93-0.97x
-# "gemm" and "native_full" 0.80-0.82x (README, Performance), so "auto" stays "gemm".
+# "gemm" and "native_full" 0.80-0.82x (README, Performance).
 register_impl("native", conv_native)
 register_impl("native_full", conv_native_full)
+# oneDNN through jax.ffi: "auto" on CPU where it is installed (README, Performance).
+register_impl("onednn", conv_onednn, auto_for=("cpu",),
+              ready=lambda: conv_native_lib.available("onednn"))

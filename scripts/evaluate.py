@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
   with exit_on_user_error():
     from cnn import compilation_cache
     compilation_cache.enable()   # a resumed or repeated run skips recompiling
+    from cnn import host_memory  # pylint: disable=import-outside-toplevel
+    host_memory.keep_freed_memory()   # no fresh pages per CPU step
     from cnn import evaluation
     result = evaluation.evaluate_workdir(pathlib.Path(args.workdir), best=args.best)
   print(json.dumps(result))

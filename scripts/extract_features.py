@@ -42,6 +42,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   with exit_on_user_error():
     from cnn import compilation_cache  # pylint: disable=import-outside-toplevel
     compilation_cache.enable()   # a resumed or repeated run skips recompiling
+    from cnn import host_memory  # pylint: disable=import-outside-toplevel
+    host_memory.keep_freed_memory()   # no fresh pages per CPU step
     from cnn import evaluation  # pylint: disable=import-outside-toplevel
     result = evaluation.extract_features(
         args.workdir, split=args.split, source=args.source, data_dir=args.data_dir,

@@ -1,4 +1,5 @@
-"""Test set-up: 8 simulated CPU devices and a compilation cache, before jax is imported."""
+"""Test set-up: 8 simulated CPU devices, a compilation cache and glibc's malloc defaults,
+before jax is imported."""
 import os
 import pathlib
 
@@ -8,6 +9,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _CACHE = pathlib.Path(__file__).resolve().parents[1] / ".jax_cache"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# glibc's defaults in the test process and the runs it starts (tests that call a
+# script's main in-process would otherwise change malloc for every later test);
+# tests/test_host_memory.py checks the setting itself.
+os.environ.setdefault("CNN_KEEP_HOST_MEMORY", "0")
 
 import pytest  # noqa: E402
 

@@ -1,11 +1,13 @@
-"""The "gemm" and "native" convolutions against XLA's: values and both gradients over a
-grid of kernel sizes, strides, paddings, dilations and groups, and a jitted two-conv
-network. The "native" cases skip when its library (native/, cnn/conv_native.py) is not
-built; its unsupported configurations (groups > 1) check the fallback to "gemm"."""
+"""The "gemm", "onednn" and "native" convolutions against XLA's: values and both
+gradients over a grid of kernel sizes, strides, paddings, dilations and groups, and a
+jitted two-conv network. The "onednn" and "native" cases skip when their library
+(native/, cnn/conv_native.py) is not built; their unsupported configurations (groups >
+1) check the fallback to "gemm"."""
 import functools
 import importlib.util
 import itertools
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -30,12 +32,18 @@ def _value_and_grads(impl, x, kernel, cotangent, **kw):
   return y, dx, dk
 
 
-IMPLS = ["gemm", "native", "native_full"]
+# As the environment was before any test loaded oneDNN.
+_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+
+IMPLS = ["gemm", "onednn", "native", "native_full"]
+# The library each FFI implementation runs on.
+LIBRARY = {"onednn": "onednn", "native": "native", "native_full": "native"}
 
 
 def _require(impl):
-  if impl.startswith("native") and not conv_native.available():
-    pytest.skip(f"native convolution not built: {conv_native.load()}")
+  library = LIBRARY.get(impl)
+  if library and not conv_native.available(library):
+    pytest.skip(f"{library} convolution not built: {conv_native.load(library)}")
 
 
 @functools.partial(jax.jit,
@@ -229,6 +237,31 @@ def test_native_full_runs_all_three_passes_on_the_kernel():
   assert _count_convolutions(grouped, x, jnp.ones((3, 3, 2, 6))) == 3
 
 
+def test_onednn_runs_all_three_passes_on_onednn():
+  """Forward, input and weight gradient are oneDNN's three FFI calls, 1x1 layers too;
+  grouped convolutions and a crop (VALID with a stride that leaves the last row
+  unread, negative implied padding) fall back to "gemm" and call no kernel."""
+  _require("onednn")
+  targets = sorted(conv_native.LIBRARIES["onednn"].targets.values())
+  x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 6))
+  grad = _grad_fn("onednn", strides=2)
+  assert sorted(_ffi_targets(grad, x, kernel)) == targets
+  assert _count_convolutions(grad, x, kernel) == 0
+  assert sorted(_ffi_targets(_grad_fn("onednn"), x, jnp.ones((1, 1, 4, 6)))) == targets
+  assert _ffi_targets(_grad_fn("onednn", groups=2), x, jnp.ones((3, 3, 2, 6))) == []
+  # 8 rows, 3x3 VALID, stride 2: output rows 0..3 read input rows 0..6; row 7 unread.
+  cropped = _grad_fn("onednn", strides=2, padding="VALID")
+  assert _ffi_targets(cropped, x, kernel) == []
+  assert sorted(_ffi_targets(cropped, jnp.ones((2, 9, 9, 4)), kernel)) == targets
+
+
+def test_onednn_load_leaves_the_environment_as_it_was():
+  """oneDNN's OpenMP waits passively, set only while its library loads: a child process
+  (the PyTorch side of a benchmark, a launched run) inherits the user's environment."""
+  _require("onednn")
+  assert os.environ.get("OMP_WAIT_POLICY") == _OMP_WAIT_POLICY
+
+
 def test_native_runs_the_weight_gradient_on_the_kernel():
   """"native": XLA's forward and input gradient, the kernel's weight gradient; 1x1
   layers stay "gemm"'s matrix products (no convolution, no kernel)."""
@@ -242,7 +275,7 @@ def test_native_runs_the_weight_gradient_on_the_kernel():
   assert _count_convolutions(_grad_fn("native"), x, pointwise) == 0
 
 
-@pytest.mark.parametrize("impl", ["native", "native_full"])
+@pytest.mark.parametrize("impl", ["onednn", "native", "native_full"])
 @pytest.mark.parametrize("batched", ["both", "input", "kernel"])
 def test_native_under_vmap_matches_xla(batched, impl):
   """vmap over seeds (--vmap_seeds) batches kernels and inputs, or one of them."""
@@ -296,9 +329,28 @@ def test_native_missing_library_warns_once_and_uses_gemm(monkeypatch):
     conv_native.load.cache_clear()
 
 
-def test_auto_resolves_to_gemm_on_cpu():
+def test_onednn_missing_library_warns_once_and_uses_gemm(monkeypatch):
+  """oneDNN itself missing: one warning line, "onednn" and "auto" are "gemm"."""
+  monkeypatch.delenv("CNN_NATIVE", raising=False)
+  monkeypatch.setenv("CNN_ONEDNN_LIB", "/nonexistent/libdnnl.so.3")
+  conv_native.load.cache_clear()
+  try:
+    with pytest.warns(RuntimeWarning, match="'onednn' is unavailable") as record:
+      x, kernel = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 3))
+      y = conv.conv2d(x, kernel, impl="onednn")
+      assert conv.resolve_impl("auto") == "gemm"
+    assert len(record) == 1 and "\n" not in str(record[0].message)
+    np.testing.assert_array_equal(np.asarray(y),
+                                  np.asarray(conv.conv2d(x, kernel, impl="gemm")))
+  finally:
+    monkeypatch.undo()
+    conv_native.load.cache_clear()
+
+
+def test_auto_on_cpu_is_onednn_where_installed_else_gemm():
   assert jax.default_backend() == "cpu"
-  assert conv.resolve_impl("auto") == "gemm"
+  expected = "onednn" if conv_native.available("onednn") else "gemm"
+  assert conv.resolve_impl("auto") == expected
 
 
 def test_explicit_padding_matches_xla_same_rule():

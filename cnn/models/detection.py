@@ -48,7 +48,7 @@ class FasterRCNN(nn.Module):
   rpn: rpn_lib.RPNConfig = rpn_lib.RPNConfig()
   test_rpn: rpn_lib.RPNConfig = rpn_lib.RPNConfig(post_nms=50)
   box: head_lib.HeadConfig = head_lib.HeadConfig()
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Any] = None
 
   @property
@@ -126,7 +126,7 @@ def faster_rcnn(num_classes: int = 10, width: int = 32, stage_sizes=(1, 1),
                 roi_channels: int = 32, roi_size: int = 7, hidden: int = 128,
                 class_agnostic: bool = False, rpn: Optional[dict] = None,
                 test_rpn: Optional[dict] = None, box: Optional[dict] = None,
-                conv_impl: str = "xla", dtype=None) -> FasterRCNN:
+                conv_impl: str = "auto", dtype=None) -> FasterRCNN:
   """Faster R-CNN on a small ResNet (stride 2^len(stage_sizes)) for digit canvases.
 
   `rpn`, `test_rpn` and `box` are dicts overriding fields of `RPNConfig` (training;

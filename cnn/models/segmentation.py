@@ -327,7 +327,7 @@ class SegNet(nn.Module):
   width: int = 64
   depth: int = 5
   batch_norm: bool = True
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
 
   def conv_bn_relu(self, x: Array, features: int, name: str, train: bool) -> Array:
@@ -376,7 +376,7 @@ class SegNet(nn.Module):
 # CamVid (the paper's main benchmark): 11 classes, 360x480 images.
 @register("segnet", input_shape=(360, 480, 3), family="segmentation")
 def segnet(num_classes: int = 11, width: int = 64, depth: int = 5, batch_norm: bool = True,
-           conv_impl: str = "xla", dtype: Optional[Dtype] = None) -> SegNet:
+           conv_impl: str = "auto", dtype: Optional[Dtype] = None) -> SegNet:
   """SegNet (Badrinarayanan et al. 2017): VGG-16 encoder, decoder unpooling with its switches."""
   return SegNet(num_classes=num_classes, width=width, depth=depth, batch_norm=batch_norm,
                 conv_impl=conv_impl, dtype=dtype)
