@@ -310,35 +310,25 @@ def test_native_falls_back_to_gemm_for_other_dtypes():
       np.asarray(conv.conv2d(x, kernel, impl="gemm"), np.float32))
 
 
-def test_native_missing_library_warns_once_and_uses_gemm(monkeypatch):
-  """A library that is not there: one warning line, then "gemm", never an error."""
+@pytest.mark.parametrize("impl,env", [
+    ("native", {"CNN_NATIVE_LIB": "/nonexistent/libcnn_native.so"}),
+    ("onednn", {"CNN_ONEDNN_LIB": "/nonexistent/libdnnl.so.3"}),   # oneDNN itself
+])
+def test_missing_library_warns_once_and_uses_gemm(monkeypatch, impl, env):
+  """A library that is not there: one warning line, then "gemm" (for "auto" too),
+  never an error."""
   monkeypatch.delenv("CNN_NATIVE", raising=False)
-  monkeypatch.setenv("CNN_NATIVE_LIB", "/nonexistent/libcnn_native.so")
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
   monkeypatch.setattr(conv_native, "_load_blas", lambda: None)
   conv_native.load.cache_clear()
   try:
-    with pytest.warns(RuntimeWarning, match="'native' is unavailable") as record:
+    with pytest.warns(RuntimeWarning, match=f"'{impl}' is unavailable") as record:
       x, kernel = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 3))
-      y = conv.conv2d(x, kernel, impl="native")
-      conv.conv2d(x, kernel, impl="native")
-    assert len(record) == 1 and "\n" not in str(record[0].message)
-    np.testing.assert_array_equal(np.asarray(y),
-                                  np.asarray(conv.conv2d(x, kernel, impl="gemm")))
-  finally:
-    monkeypatch.undo()
-    conv_native.load.cache_clear()
-
-
-def test_onednn_missing_library_warns_once_and_uses_gemm(monkeypatch):
-  """oneDNN itself missing: one warning line, "onednn" and "auto" are "gemm"."""
-  monkeypatch.delenv("CNN_NATIVE", raising=False)
-  monkeypatch.setenv("CNN_ONEDNN_LIB", "/nonexistent/libdnnl.so.3")
-  conv_native.load.cache_clear()
-  try:
-    with pytest.warns(RuntimeWarning, match="'onednn' is unavailable") as record:
-      x, kernel = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 3))
-      y = conv.conv2d(x, kernel, impl="onednn")
-      assert conv.resolve_impl("auto") == "gemm"
+      y = conv.conv2d(x, kernel, impl=impl)
+      conv.conv2d(x, kernel, impl=impl)
+      if impl == "onednn":
+        assert conv.resolve_impl("auto") == "gemm"
     assert len(record) == 1 and "\n" not in str(record[0].message)
     np.testing.assert_array_equal(np.asarray(y),
                                   np.asarray(conv.conv2d(x, kernel, impl="gemm")))
