@@ -100,6 +100,11 @@ register_impl("gemm", conv_gemm, auto_for=("cpu",))
 # "gemm" and "native_full" 0.80-0.82x (README, Performance).
 register_impl("native", conv_native)
 register_impl("native_full", conv_native_full)
-# oneDNN through jax.ffi: "auto" on CPU where it is installed (README, Performance).
+# oneDNN through jax.ffi: "auto" on CPU where it is installed (README, Performance)
+# and the process has one CPU device. With several (simulated) CPU devices in one
+# process, oneDNN's OpenMP teams started from the devices' threads deadlocked XLA's
+# in-process collectives (8 devices: 3 runs in 14 stuck in an all-gather), so "auto"
+# is "gemm" there; an explicit "onednn" is still honoured.
 register_impl("onednn", conv_onednn, auto_for=("cpu",),
-              ready=lambda: conv_native_lib.available("onednn"))
+              ready=lambda: (jax.local_device_count() == 1
+                             and conv_native_lib.available("onednn")))

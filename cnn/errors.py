@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import errno
+import functools
 import os
 import signal
 import sys
@@ -63,8 +64,11 @@ def exit_on_user_error() -> Iterator[None]:
   full disk or a dead peer process into one line and exit 1, and a SIGTERM into one
   line and exit 143."""
   previous = _catch_sigterm()
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = functools.partial(_quiet_terminated, previous_hook)
   try:
     yield
+    raise_if_terminated()   # one that arrived while finishing, swallowed
   except (ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -87,6 +91,7 @@ def exit_on_user_error() -> Iterator[None]:
           "to resume.", file=sys.stderr)
     sys.exit(128 + signal.SIGTERM)
   finally:
+    sys.unraisablehook = previous_hook
     if previous is not None:
       signal.signal(signal.SIGTERM, previous)
 
@@ -125,9 +130,34 @@ def _exit_lost_peer(error: BaseException) -> None:
   os._exit(1)  # pylint: disable=protected-access
 
 
+# Set by the start-up SIGTERM handler. Python swallows an exception raised while it
+# runs a gc callback or a __del__ ("Exception ignored in ..."), and the handler may run
+# inside one, so the exception alone can be lost: `raise_if_terminated` raises it again
+# at the next check. Process-wide, as the signal is; `_catch_sigterm` clears it.
+_SIGTERM_SEEN = threading.Event()
+
+
 def _raise_terminated(signum, frame):
   del signum, frame
+  _SIGTERM_SEEN.set()
   raise Terminated()
+
+
+def _quiet_terminated(previous_hook, unraisable) -> None:
+  """sys.unraisablehook: a swallowed `Terminated` prints nothing (it is raised again
+  by `raise_if_terminated`, and the CLI then says one line); anything else goes to
+  the previous hook."""
+  if isinstance(unraisable.exc_value, Terminated):
+    return
+  previous_hook(unraisable)
+
+
+def raise_if_terminated() -> None:
+  """Raises `Terminated` if a SIGTERM arrived since the CLI started whose exception
+  Python may have swallowed (see `_SIGTERM_SEEN`); the training loop calls it before
+  it takes over SIGTERM."""
+  if _SIGTERM_SEEN.is_set():
+    raise Terminated()
 
 
 def _catch_sigterm():
@@ -136,4 +166,5 @@ def _catch_sigterm():
   None where signals cannot be handled (not the main thread)."""
   if threading.current_thread() is not threading.main_thread():
     return None
+  _SIGTERM_SEEN.clear()
   return signal.signal(signal.SIGTERM, _raise_terminated)

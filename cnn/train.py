@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from cnn import checkpoint as ckpt_lib
 from cnn import config as config_lib
 from cnn import data as data_lib
+from cnn import errors
 from cnn import metrics as metrics_lib
 from cnn import models
 from cnn import multi
@@ -502,6 +503,9 @@ class _Preemption:
     self._timer: Optional[threading.Timer] = None
 
   def __enter__(self):
+    # A SIGTERM during start-up whose exception Python swallowed ends the run here,
+    # as one that was not would have.
+    errors.raise_if_terminated()
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not in the main thread: no handler, nothing to restore

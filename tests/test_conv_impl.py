@@ -8,6 +8,8 @@ import importlib.util
 import itertools
 import json
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 
 from cnn import conv, conv_gemm, conv_native, layers
+from tests.conftest import REPO
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -337,10 +340,17 @@ def test_missing_library_warns_once_and_uses_gemm(monkeypatch, impl, env):
     conv_native.load.cache_clear()
 
 
-def test_auto_on_cpu_is_onednn_where_installed_else_gemm():
-  assert jax.default_backend() == "cpu"
-  expected = "onednn" if conv_native.available("onednn") else "gemm"
-  assert conv.resolve_impl("auto") == expected
+def test_auto_on_cpu_is_onednn_where_installed_and_one_device_else_gemm():
+  """This process has 8 simulated CPU devices: "gemm"; a process with one (what a
+  run has) takes "onednn" where it is installed."""
+  assert jax.default_backend() == "cpu" and jax.local_device_count() == 8
+  assert conv.resolve_impl("auto") == "gemm"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  one_device = subprocess.run(
+      [sys.executable, "-c", "from cnn import conv; print(conv.resolve_impl('auto'))"],
+      cwd=REPO, env=env, check=True, capture_output=True, text=True,
+      timeout=120).stdout.split()[-1]
+  assert one_device == ("onednn" if conv_native.available("onednn") else "gemm")
 
 
 def test_explicit_padding_matches_xla_same_rule():
