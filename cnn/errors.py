@@ -92,6 +92,7 @@ def exit_on_user_error() -> Iterator[None]:
     sys.exit(128 + signal.SIGTERM)
   finally:
     sys.unraisablehook = previous_hook
+    _SIGTERM_SEEN.clear()   # for a later CLI call or loop in this process (tests)
     if previous is not None:
       signal.signal(signal.SIGTERM, previous)
 

@@ -613,6 +613,9 @@ def test_a_swallowed_start_up_sigterm_still_ends_the_cli_in_one_line(capsys):
   assert exit_info.value.code == 128 + signal.SIGTERM
   err = capsys.readouterr().err
   assert err.startswith("error: ") and err.strip().count("\n") == 0 and "SIGTERM" in err
+  # ... and leaves nothing behind for a loop that runs later in this process.
+  with train._Preemption():  # pylint: disable=protected-access
+    pass
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
