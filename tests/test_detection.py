@@ -364,10 +364,12 @@ def test_faster_rcnn_overfits_a_few_canvases(small_digits):
   x, y = det_data.paste_digits(*small_digits, 4, size=48, max_digits=2, seed=2)
   images = jnp.asarray((x.astype(np.float32) / 255 - 0.1) / 0.3)
   labels = jnp.asarray(y)
+  # XLA's convolution, as when the 0.9 was set: the 80 steps are sensitive to the
+  # convolution's rounding (with "gemm" they ended at mAP@0.5 0.875; "onednn" passed).
   model = models.create("faster_rcnn", width=16, anchor_sizes=(16, 32),
                         anchor_ratios=(1.0, 2.0), roi_channels=16, hidden=64,
                         rpn={"batch": 32, "pre_nms": 100, "post_nms": 16},
-                        box={"rois": 16, "detections": 8})
+                        box={"rois": 16, "detections": 8}, conv_impl="xla")
   task = tasks.get("detection")
   # Jitted: an eager init dispatches every op of the NMS loops one by one.
   variables = jax.jit(lambda k: model.init(k, images, train=False))(jax.random.key(0))
