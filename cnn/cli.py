@@ -98,6 +98,16 @@ def parse(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None, *,
   return p.parse_args(rest), found
 
 
+def prepare_process() -> None:
+  """What a CLI that compiles and runs steps does first, before JAX starts: the
+  persistent compilation cache (a resumed or repeated run skips recompiling,
+  cnn/compilation_cache.py) and glibc keeping freed memory (no fresh pages per CPU
+  step, cnn/host_memory.py)."""
+  from cnn import compilation_cache, host_memory  # pylint: disable=import-outside-toplevel
+  compilation_cache.enable()
+  host_memory.keep_freed_memory()
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
   """'224,224,3' or '224x224x3' -> (224, 224, 3)."""
   parts = [part for part in re.split(r"[,x\s]+", text.strip()) if part]

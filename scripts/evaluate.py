@@ -20,10 +20,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="use the best checkpoint instead of the latest")
   args, _ = cli.parse(parser, argv, overrides=False)
   with exit_on_user_error():
-    from cnn import compilation_cache
-    compilation_cache.enable()   # a resumed or repeated run skips recompiling
-    from cnn import host_memory  # pylint: disable=import-outside-toplevel
-    host_memory.keep_freed_memory()   # no fresh pages per CPU step
+    cli.prepare_process()   # compilation cache, host memory
     from cnn import evaluation
     result = evaluation.evaluate_workdir(pathlib.Path(args.workdir), best=args.best)
   print(json.dumps(result))

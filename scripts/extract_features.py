@@ -40,10 +40,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--batch_size", type=int, default=256)
   args, _ = cli.parse(parser, argv, overrides=False)
   with exit_on_user_error():
-    from cnn import compilation_cache  # pylint: disable=import-outside-toplevel
-    compilation_cache.enable()   # a resumed or repeated run skips recompiling
-    from cnn import host_memory  # pylint: disable=import-outside-toplevel
-    host_memory.keep_freed_memory()   # no fresh pages per CPU step
+    cli.prepare_process()   # compilation cache, host memory
     from cnn import evaluation  # pylint: disable=import-outside-toplevel
     result = evaluation.extract_features(
         args.workdir, split=args.split, source=args.source, data_dir=args.data_dir,

@@ -65,10 +65,7 @@ def build_parser():
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args, overrides = cli.parse(build_parser(), argv)
   with exit_on_user_error():
-    from cnn import compilation_cache  # pylint: disable=import-outside-toplevel
-    compilation_cache.enable()   # a resumed or repeated run skips recompiling
-    from cnn import host_memory  # pylint: disable=import-outside-toplevel
-    host_memory.keep_freed_memory()   # no fresh pages per CPU step
+    cli.prepare_process()   # compilation cache, host memory
     from cnn import sweep  # pylint: disable=import-outside-toplevel
     options = sweep.SlurmOptions(
         timeout_min=args.timeout_min, partition=args.slurm_partition,

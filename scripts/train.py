@@ -43,10 +43,7 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
   args, overrides = cli.parse(build_parser(), argv)
   with exit_on_user_error():
-    from cnn import compilation_cache
-    compilation_cache.enable()   # a resumed or repeated run skips recompiling
-    from cnn import host_memory  # pylint: disable=import-outside-toplevel
-    host_memory.keep_freed_memory()   # no fresh pages per CPU step
+    cli.prepare_process()   # compilation cache, host memory
     from cnn import sharding
     sharding.maybe_initialize_distributed(args.coordinator_address, args.num_processes,
                                           args.process_id)
