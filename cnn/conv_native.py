@@ -7,9 +7,9 @@
   PyTorch's CPU convolutions run on) for the forward pass and both gradients. The
   fastest on CPU where it is installed, so ``"auto"`` picks it there (cnn/conv.py).
 
-Both libraries come from `pip install ./native` (the `cnn-native` package, in
-requirements.txt; oneDNN itself is the `onednn-cpu-gomp` wheel it depends on). They
-handle NHWC x HWIO float32 convolutions with groups 1 and any strides, paddings and
+Both libraries come from `pip install ./native` (the `cnn-native` package, in the
+README's set-up commands; oneDNN itself is the `onednn-cpu-gomp` wheel it depends on).
+They handle NHWC x HWIO float32 convolutions with groups 1 and any strides, paddings and
 dilations. Everything else - other dtypes, grouped or depthwise convolutions, empty
 arrays, other backends - and every call when a library is not installed or fails to
 load goes to ``"gemm"`` (cnn/conv_gemm.py), decided at trace time, so each
