@@ -16,6 +16,10 @@ load goes to ``"gemm"`` (cnn/conv_gemm.py), decided at trace time, so each
 configuration stays correct. A missing or broken library is reported by one warning
 line, once per process.
 
+The onednn library also holds `relu_materialized`, the ReLU that ends a residual block
+whose convolutions run there (cnn/models/resnet.py): it keeps XLA from recomputing
+earlier blocks' outputs inside later blocks' fusions (see its docstring).
+
 The derivative rule is a `jax.custom_vjp` (the FFI calls have no transpose rule), so
 reverse mode runs on the kernels; forward mode (`jax.jvp`) is not supported through
 these implementations - use ``"gemm"`` or ``"xla"`` for that.
@@ -112,10 +116,11 @@ LIBRARIES = {
         lambda: os.environ.get("CNN_NATIVE_LIB") or _installed_library("_conv"),
         lambda: _load_blas()),  # a lambda so that tests may replace _load_blas
     "onednn": Library(
-        "onednn", {p: f"cnn_onednn_conv_{p}" for p in PARTS},
+        "onednn", {**{p: f"cnn_onednn_conv_{p}" for p in PARTS},
+                   "materialize": "cnn_materialize"},
         {"forward": "CnnDnnlConvForward", "input_grad": "CnnDnnlConvInputGrad",
-         "weight_grad": "CnnDnnlConvWeightGrad"},
-        "CnnDnnlConvVersion", 1, lambda: _installed_library("_onednn"),
+         "weight_grad": "CnnDnnlConvWeightGrad", "materialize": "CnnMaterialize"},
+        "CnnDnnlConvVersion", 2, lambda: _installed_library("_onednn"),
         lambda: _load_onednn()),
 }
 TARGETS = LIBRARIES["native"].targets
@@ -276,3 +281,64 @@ def conv_native(x: Array, kernel: Array, strides: tuple[int, int],
 
 conv_native_full = functools.partial(conv_native, passes=PASSES["native_full"])
 conv_onednn = functools.partial(conv_native, passes=PASSES["onednn"], library="onednn")
+
+
+# ----------------------------------------------------------------------------------
+# A ReLU whose output XLA cannot fuse through
+# ----------------------------------------------------------------------------------
+
+def _materialize(x: Array) -> Array:
+  """x itself, through an FFI call that XLA cannot look into (in place: the output
+  aliases the input, so nothing is copied)."""
+  return jax.ffi.ffi_call(LIBRARIES["onednn"].targets["materialize"],
+                          jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          input_output_aliases={0: 0}, vmap_method="expand_dims")(x)
+
+
+@jax.custom_vjp
+def _relu_materialized(x: Array) -> Array:
+  return _materialize(jnp.maximum(x, 0))
+
+
+def _relu_materialized_fwd(x):
+  y = _relu_materialized(x)
+  return y, y
+
+
+def _relu_materialized_bwd(y, g):
+  # The mask from the stored output (y > 0 where x > 0), and the cotangent fenced too.
+  return (_materialize(jnp.where(y > 0, g, 0)),)
+
+
+_relu_materialized.defvjp(_relu_materialized_fwd, _relu_materialized_bwd)
+
+
+def _jitted_relu(x: Array) -> Array:
+  return _relu_materialized(x)
+
+
+# A jitted function named "relu", as jax.nn.relu is: model summaries (cnn/summary.py)
+# and traces show it as the ReLU it is.
+_jitted_relu.__name__ = "relu"
+_jitted_relu = jax.jit(_jitted_relu)
+
+
+def relu_materialized(x: Array) -> Array:
+  """max(x, 0), written to its own buffer that later elementwise code reads instead of
+  recomputing it; its gradient likewise. `jax.nn.relu` where the onednn library is not
+  available (not installed, turned off, not on CPU).
+
+  Why: a residual block's output relu(bn(conv(h)) + h) is read by the next block's
+  convolution and by its residual addition. XLA:CPU fuses the elementwise producer
+  into that addition's fusion instead of reading the stored buffer, so block k's
+  output fusion recomputes blocks k-1, k-2, ... back to the stage's start from their
+  convolution outputs (ResNet-56's largest fusion read 10 of them: 40 operands), in
+  the forward and the backward pass - memory traffic quadratic in the depth. An
+  `optimization_barrier` does not stop it (XLA:CPU removes it before fusing); an
+  opaque call does. ResNet-56's gradient: 610 -> 510 ms per step with the batch-norm
+  rule of cnn/layers.py (README, Performance), and it compiles faster.
+  Reverse mode only (a `custom_vjp`), like the onednn convolutions it goes with.
+  """
+  if jax.default_backend() != "cpu" or not available("onednn"):
+    return jax.nn.relu(x)
+  return _jitted_relu(x)

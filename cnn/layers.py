@@ -443,12 +443,85 @@ class GlobalAvgPool(nn.Module):
 # Normalisation
 # ----------------------------------------------------------------------------------
 
+def _batch_stats(x: Array) -> tuple[Array, Array]:
+  """Per-channel mean and biased variance over every axis but the last, as flax's
+  BatchNorm computes them: E[x^2] - E[x]^2, clipped at 0. Two sums, which XLA:CPU runs
+  as two fast reductions (one variadic `lax.reduce` of both measured 40 % slower)."""
+  axes = tuple(range(x.ndim - 1))
+  count = np.prod(x.shape[:-1])
+  mean = jnp.sum(x, axes) / count
+  mean_sq = jnp.sum(jnp.square(x), axes) / count
+  return mean, jnp.maximum(0.0, mean_sq - jnp.square(mean))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def batch_norm_train(x: Array, scale: Array, bias: Array,
+                     epsilon: float) -> tuple[Array, Array, Array]:
+  """Training-mode batch normalisation: (y, mean, var), y = (x - mean) / sqrt(var +
+  epsilon) * scale + bias with the batch's statistics (`_batch_stats`), channels last.
+
+  The same function as flax's `nn.BatchNorm` (to float32 rounding), written so that
+  XLA fuses it into fewer passes over the activations: y is one multiply-add per
+  element with per-channel coefficients, and the derivative rule below gives the
+  input's gradient as one more (a * g + c1 * x + c0) after two reductions, where
+  differentiating flax's formula saves and re-reads x - mean, the normalised x and the
+  chain through rsqrt (ResNet-56's gradient: 10 % faster on CPU, README Performance).
+  A `custom_jvp`, so forward mode and reverse mode (its transpose) both work. Where
+  the variance is clipped at 0 (a channel constant over the batch) the rule
+  differentiates the unclipped variance, which is 0 there as well.
+  """
+  mean, var = _batch_stats(x)
+  a = scale * lax.rsqrt(var + epsilon)
+  return x * a + (bias - mean * a), mean, var
+
+
+@batch_norm_train.defjvp
+def _batch_norm_train_jvp(epsilon, primals, tangents):
+  x, scale, bias = primals
+  dx, dscale, dbias = tangents
+  axes = tuple(range(x.ndim - 1))
+  mean, var = _batch_stats(x)
+  inv = lax.rsqrt(var + epsilon)
+  a = scale * inv
+  y = x * a + (bias - mean * a)
+  dmean = jnp.mean(dx, axes)
+  dvar = 2.0 * (jnp.mean(x * dx, axes) - mean * dmean)   # d E[(x - mean)^2]
+  da = dscale * inv - 0.5 * a * inv * inv * dvar          # a = scale * (var + eps)^-1/2
+  dy = a * dx + x * da + (dbias - dmean * a - mean * da)
+  return (y, mean, var), (dy, dmean, dvar)
+
+
+class _TrainingBatchNorm(nn.Module):
+  """`batch_norm_train` with flax BatchNorm's variables (params scale and bias,
+  batch_stats mean and var, float32) and its update of the running averages."""
+  momentum: float
+  epsilon: float
+  scale_init: Callable
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    features = (x.shape[-1],)
+    scale = self.param("scale", self.scale_init, features, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+    if not self.is_initializing():   # as flax: init leaves the averages at 0 and 1
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y
+
+
 class BatchNorm(nn.Module):
   """Batch normalisation: batch statistics over N, H, W when training (and the running
   averages updated with `momentum`), the running averages in evaluation.
 
   ``axis_name`` averages the statistics over a named device axis (the global batch in
   a `shard_map` step); leave it None for per-device ("ghost batch") statistics.
+
+  Training on float32 without ``axis_name`` runs `batch_norm_train` (the same values,
+  fewer passes over memory); everything else runs flax's `nn.BatchNorm`. Both keep the
+  same variables under "bn", so checkpoints do not depend on which one ran.
   """
   momentum: float = 0.9
   epsilon: float = 1e-5
@@ -458,6 +531,10 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
+    if (train and self.axis_name is None and x.dtype == jnp.float32
+        and self.dtype in (None, jnp.float32)):
+      return _TrainingBatchNorm(self.momentum, self.epsilon, self.scale_init,
+                                name="bn")(x)
     return nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
                         epsilon=self.epsilon, scale_init=self.scale_init,
                         axis_name=self.axis_name, dtype=self.dtype, name="bn")(x)

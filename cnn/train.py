@@ -136,26 +136,22 @@ def _flat(tree) -> jax.Array:
   return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
 
 
-def _finite(tree) -> jax.Array:
-  """One bool: every element of every leaf of `tree` is finite."""
-  return jnp.all(jnp.isfinite(_flat(tree)))
-
-
 def _sum_squares(tree) -> jax.Array:
   """The squared L2 norm of all leaves, as one reduction."""
   return jnp.sum(jnp.square(_flat(tree)))
 
 
-def _nonfinite_groups(grads, new_params, groups: list[str]) -> jax.Array:
-  """bool[groups]: the groups with a non-finite gradient or new parameter.
+def _nonfinite_groups(flat_grads: jax.Array, flat_params: jax.Array,
+                      group_ends: np.ndarray) -> jax.Array:
+  """bool[groups]: the groups with a non-finite gradient or new parameter, from the
+  flat vectors of both (groups are contiguous there: `param_groups` is sorted, as
+  leaves are) and the index of each group's last element.
 
-  One running count over all the groups' values, read at each group's end, rather
-  than a reduction per group: only a bad step runs it, but every step compiles it.
+  One running count over all the values, read at each group's end, rather than a
+  reduction per group: only a bad step runs it, but every step compiles it.
   """
-  per_group = [(grads[g], new_params[g]) for g in groups]
-  flat = _flat(per_group)
-  ends = np.cumsum([sum(x.size for x in jax.tree.leaves(t)) for t in per_group]) - 1
-  counts = jnp.cumsum((~jnp.isfinite(flat)).astype(jnp.int32))[ends]
+  bad = (~jnp.isfinite(flat_grads)).astype(jnp.int32) + ~jnp.isfinite(flat_params)
+  counts = jnp.cumsum(bad)[group_ends]
   return jnp.diff(counts, prepend=0) > 0
 
 
@@ -176,7 +172,12 @@ def apply_update(state: TrainState, grads, new_stats, metrics, *, tx, schedule,
   # Finite gradients can still overflow in the update (a huge learning rate): the
   # new parameters are checked too, so no checkpoint ever holds a non-finite one.
   # One global flag; which groups were bad is worked out only on a bad step (below).
-  ok = _finite((grads, new_params)) & jnp.isfinite(metrics["loss"]) & live
+  # Each tree is flattened once, for this flag, the groups and the gradient norm.
+  flat_grads, flat_params = _flat(grads), _flat(new_params)
+  ok = (jnp.all(jnp.isfinite(flat_grads)) & jnp.all(jnp.isfinite(flat_params))
+        & jnp.isfinite(metrics["loss"]) & live)
+  group_ends = np.cumsum([sum(x.size for x in jax.tree.leaves(grads[g]))
+                          for g in groups]) - 1
 
   def take(new_params, new_stats, new_opt_state, bad_groups):
     return new_params, new_stats, new_opt_state, bad_groups
@@ -184,8 +185,8 @@ def apply_update(state: TrainState, grads, new_stats, metrics, *, tx, schedule,
   def keep(new_params, new_stats, new_opt_state, bad_groups):
     # The first bad step records its non-finite groups; later ones (after a "stop",
     # or further skips) keep the first record.
-    bad_groups = jnp.where(live, _nonfinite_groups(grads, new_params, groups),
-                           bad_groups)
+    bad_groups = jnp.where(live, _nonfinite_groups(flat_grads, flat_params,
+                                                   group_ends), bad_groups)
     return state.params, state.batch_stats, state.opt_state, bad_groups
 
   # One conditional, not a `where(ok, new, old)` per leaf: XLA:CPU compiled that select,
@@ -210,7 +211,7 @@ def apply_update(state: TrainState, grads, new_stats, metrics, *, tx, schedule,
     # The global norm from the stages' sums: no second pass over the gradients.
     metrics["grad_norm"] = jnp.sqrt(sum(squares.values()))
   else:
-    metrics["grad_norm"] = jnp.sqrt(_sum_squares(grads))
+    metrics["grad_norm"] = jnp.sqrt(jnp.sum(jnp.square(flat_grads)))
   # The window of logged means lives in the state, so a resumed run logs exactly what
   # an uninterrupted one would.
   # Skipped (non-finite) steps do not enter the means.

@@ -8,6 +8,7 @@ in /work/shared/course/:
 - 03: 03-optimization-and-cnns.md     - 04: 04-convolutional-networks-sharif.md
 - 05: 05-cnns-galvanize.md
 """
+import functools
 import math
 
 import flax.linen as nn
@@ -583,6 +584,101 @@ def test_batch_norm_eval_uses_running_averages():
   _, unchanged = bn.apply(variables, BN_BATCH, train=False, mutable=["batch_stats"])
   np.testing.assert_allclose(unchanged["batch_stats"]["bn"]["mean"], [0.4, 0.2],
                              rtol=1e-6)
+
+
+def test_batch_norm_training_gradient_by_hand():
+  """One channel x = 1, 2, 3, 6 (epsilon 0): mean 3, var (4 + 1 + 0 + 9)/4 = 3.5,
+  sigma = 1.870829, xhat = (x - 3)/sigma. The gradient of y_0 (cotangent 1, 0, 0, 0):
+  dx = (ct - mean(ct) - xhat * mean(ct * xhat)) / sigma
+     = (0.75 + 0.285714... , ...) -> 0.248171, -0.209991, -0.133631, 0.095451 (sum 0),
+  dscale = xhat_0 = -2/sigma = -1.069045, dbias = 1."""
+  bn = layers.BatchNorm(epsilon=0.0)
+  x = jnp.array([1.0, 2.0, 3.0, 6.0]).reshape(4, 1, 1, 1)
+  variables = bn.init(KEY, x, train=False)
+
+  def first_output(params, x_):
+    y, _ = bn.apply({**variables, "params": params}, x_, train=True,
+                    mutable=["batch_stats"])
+    return y[0, 0, 0, 0]
+
+  dparams, dx = jax.grad(first_output, argnums=(0, 1))(variables["params"], x)
+  np.testing.assert_allclose(dx.ravel(), [0.248171, -0.209991, -0.133631, 0.095451],
+                             atol=2e-6)
+  np.testing.assert_allclose(dparams["bn"]["scale"], [-1.069045], rtol=1e-5)
+  np.testing.assert_allclose(dparams["bn"]["bias"], [1.0], rtol=1e-6)
+
+
+def _reference_batch_norm(x, scale, bias, epsilon=EPS):
+  """Training-mode batch normalisation written out with jnp (two-pass variance)."""
+  mean, var = jnp.mean(x, axis=(0, 1, 2)), jnp.var(x, axis=(0, 1, 2))
+  return (x - mean) / jnp.sqrt(var + epsilon) * scale + bias, mean, var
+
+
+def test_batch_norm_training_matches_flax_in_values_gradients_and_averages():
+  """layers.BatchNorm trains with its own rule (`batch_norm_train`): the same output,
+  running averages and gradients in x, scale and bias as flax's nn.BatchNorm."""
+  keys = jax.random.split(KEY, 3)
+  x = 3.0 * jax.random.normal(keys[0], (6, 5, 4, 3)) + 2.0
+  cotangent = jax.random.normal(keys[1], x.shape)
+  ours = layers.BatchNorm()
+  theirs = nn.BatchNorm(use_running_average=False, momentum=0.9)   # ours' momentum
+  params = {"scale": jnp.array([0.5, 1.5, -2.0]), "bias": jnp.array([0.1, -0.3, 2.0])}
+  stats = {"mean": jnp.array([0.2, 0.0, -1.0]), "var": jnp.array([1.0, 2.0, 0.5])}
+
+  def loss(params_, x_, module, wrap):
+    variables = {"params": wrap(params_), "batch_stats": wrap(stats)}
+    kwargs = {"train": True} if module is ours else {}
+    y, updates = module.apply(variables, x_, mutable=["batch_stats"], **kwargs)
+    return jnp.sum(y * cotangent), updates
+
+  results = [jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x, module,
+                                                                    wrap)
+             for module, wrap in ((ours, lambda t: {"bn": t}), (theirs, lambda t: t))]
+  ((value, ours_stats), (dparams, dx)), ((ref_value, ref_stats), (ref_dparams, ref_dx)) = \
+      results
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  for name in ("mean", "var"):
+    np.testing.assert_allclose(ours_stats["batch_stats"]["bn"][name],
+                               ref_stats["batch_stats"][name], rtol=1e-5)
+  np.testing.assert_allclose(dx, ref_dx, rtol=1e-4, atol=1e-5)
+  for name in ("scale", "bias"):
+    np.testing.assert_allclose(dparams[name], ref_dparams[name], rtol=1e-4)
+
+
+def test_batch_norm_train_statistics_carry_derivatives_and_forward_mode_works():
+  """Its mean and var outputs are differentiable too (d mean/dx = 1/m, d var/dx =
+  2 (x - mean)/m), in reverse and forward mode, as the jnp formula's."""
+  keys = jax.random.split(KEY, 6)
+  x = 2.0 * jax.random.normal(keys[0], (4, 3, 3, 2)) - 1.0
+  scale, bias = jnp.array([1.3, -0.7]), jnp.array([0.2, 0.4])
+  weights = [jax.random.normal(k, s) for k, s in ((keys[1], x.shape), (keys[2], (2,)),
+                                                  (keys[3], (2,)))]
+
+  def loss(fn, *args):
+    return sum(jnp.sum(out * w) for out, w in zip(fn(*args), weights))
+
+  ours = functools.partial(layers.batch_norm_train, epsilon=EPS)
+  grads = jax.grad(functools.partial(loss, ours), argnums=(0, 1, 2))(x, scale, bias)
+  ref = jax.grad(functools.partial(loss, _reference_batch_norm), argnums=(0, 1, 2))(
+      x, scale, bias)
+  for got, want in zip(grads, ref):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  tangents = (jax.random.normal(keys[4], x.shape), jnp.array([0.5, -1.0]),
+              jnp.array([1.0, 2.0]))
+  _, jvp = jax.jvp(ours, (x, scale, bias), tangents)
+  _, ref_jvp = jax.jvp(_reference_batch_norm, (x, scale, bias), tangents)
+  for got, want in zip(jvp, ref_jvp):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_variables_do_not_depend_on_the_mode():
+  """Training (our rule) and evaluation (flax's) create the same variables under "bn",
+  so a checkpoint written by one restores into the other."""
+  x = jnp.asarray(BN_BATCH)
+  shapes = [jax.tree.map(jnp.shape, layers.BatchNorm().init(KEY, x, train=train))
+            for train in (True, False)]
+  assert shapes[0] == shapes[1] == {"params": {"bn": {"scale": (2,), "bias": (2,)}},
+                                    "batch_stats": {"bn": {"mean": (2,), "var": (2,)}}}
 
 
 @pytest.mark.parametrize("rate", [0.5, 0.25])

@@ -37,12 +37,14 @@ takes pixel 2i: the branch and the shortcut would be added one pixel apart.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnn import conv as conv_lib
+from cnn import conv_native
 from cnn import layers
 from cnn.errors import ConfigError, unknown_choice
 from cnn.models import register, stage_of  # noqa: F401 -- the scheme's names
@@ -133,6 +135,16 @@ def _check_options(residual: bool, shortcut: str, zero_init_residual: bool) -> s
 # Blocks
 # ----------------------------------------------------------------------------------
 
+def block_output_relu(conv_impl: str, residual: bool) -> Callable[[Array], Array]:
+  """The ReLU that ends a block: `conv_native.relu_materialized` for residual blocks
+  whose convolutions run on oneDNN (it stops XLA recomputing the chain of earlier
+  blocks' outputs, see there; reverse mode only, as those convolutions are), else
+  `nn.relu`. Plain blocks have no chain: their output feeds only a convolution."""
+  if residual and conv_lib.resolve_impl(conv_impl) == "onednn":
+    return conv_native.relu_materialized
+  return nn.relu
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions, BN after each, ReLU after the first and after the
   addition (He et al. Fig. 2 left; Fig. 3 middle for the plain version)."""
@@ -143,6 +155,7 @@ class BasicBlock(nn.Module):
   zero_init_residual: bool = False
   conv: ModuleDef = layers.Conv
   norm: ModuleDef = layers.BatchNorm
+  output_relu: Callable[[Array], Array] = nn.relu
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -155,7 +168,7 @@ class BasicBlock(nn.Module):
     if self.residual:
       y = y + _shortcut(x, self.features, self.strides, self.shortcut, self.conv,
                         self.norm, train)
-    return nn.relu(y)
+    return self.output_relu(y)
 
 
 class Bottleneck(nn.Module):
@@ -175,6 +188,7 @@ class Bottleneck(nn.Module):
   zero_init_residual: bool = False
   conv: ModuleDef = layers.Conv
   norm: ModuleDef = layers.BatchNorm
+  output_relu: Callable[[Array], Array] = nn.relu
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -190,7 +204,7 @@ class Bottleneck(nn.Module):
     if self.residual:
       y = y + _shortcut(x, self.features, self.strides, self.shortcut, self.conv,
                         self.norm, train)
-    return nn.relu(y)
+    return self.output_relu(y)
 
 
 # ----------------------------------------------------------------------------------
@@ -227,6 +241,7 @@ class ResNet(nn.Module):
                              use_bias=False)
     norm = functools.partial(layers.BatchNorm, dtype=self.dtype,
                              axis_name=self.bn_axis_name)
+    output_relu = block_output_relu(self.conv_impl, self.residual)
     if self.dtype is not None:
       x = x.astype(self.dtype)
 
@@ -245,7 +260,8 @@ class ResNet(nn.Module):
       for b in range(num_blocks):
         common = dict(strides=2 if s > 0 and b == 0 else 1, residual=self.residual,
                       shortcut=self.shortcut, zero_init_residual=self.zero_init_residual,
-                      conv=conv, norm=norm, name=f"stage{s + 1}_block{b}")
+                      conv=conv, norm=norm, output_relu=output_relu,
+                      name=f"stage{s + 1}_block{b}")
         if self.block == "bottleneck":
           inner = planes * self.width_per_group // 64 * self.groups
           x = Bottleneck(inner, planes * BOTTLENECK_EXPANSION, groups=self.groups,

@@ -1,6 +1,8 @@
 // Convolution through oneDNN (the library PyTorch's CPU convolutions run on), called
 // from XLA through the FFI: forward, input gradient and weight gradient of an NHWC x
-// HWIO float32 convolution with groups 1 (cnn/conv_native.py, conv_impl "onednn").
+// HWIO float32 convolution with groups 1 (cnn/conv_native.py, conv_impl "onednn"),
+// and an in-place identity that XLA cannot fuse through (`CnnMaterialize`, for
+// cnn/conv_native.py's relu_materialized).
 //
 // Why oneDNN and not our own kernels (conv.cc): on this machine's AVX-512 cores its JIT
 // kernels run the ResNet layers' three passes at 130-230 GFLOP/s against 50-90 for
@@ -18,6 +20,7 @@
 // convolutions on two threads at once.
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -233,4 +236,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnDnnlConvInputGrad, InputGrad, CNN_CONV_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnDnnlConvWeightGrad, WeightGrad, CNN_CONV_BIND);
 
 // Bumped when the handlers' interface changes; cnn/conv_native.py checks it.
-extern "C" int CnnDnnlConvVersion() { return 1; }
+extern "C" int CnnDnnlConvVersion() { return 2; }
+
+// The identity, computed in place (the caller aliases the output to the input): an
+// op XLA cannot look into, so it stops fusing across it (cnn/conv_native.py
+// `materialize`). Copies only if XLA ever gives it two buffers.
+namespace {
+ffi::Error Materialize(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
+  if (y->untyped_data() != x.untyped_data())
+    std::memcpy(y->untyped_data(), x.untyped_data(), x.size_bytes());
+  return ffi::Error::Success();
+}
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnMaterialize, Materialize,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
