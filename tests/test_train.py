@@ -193,3 +193,16 @@ def test_compilation_cache_folder_and_opt_out(monkeypatch, tmp_path):
     assert compilation_cache.default_dir() == tmp_path / "xdg" / "cnn" / "jax"
   finally:
     jax.config.update("jax_compilation_cache_dir", previous)
+
+
+def test_nonfinite_groups_names_the_groups_whose_values_are_bad():
+  """Groups of 2, 3 and 1 values, flattened in order (last indices 1, 4, 5): a NaN
+  gradient at index 3 lies in group 1, an infinite new parameter at index 5 in group
+  2, and group 0 is clean."""
+  grads = np.array([0.5, -1.0, 2.0, np.nan, 0.0, 1.0], np.float32)
+  params = np.array([1.0, 1.0, 1.0, 1.0, 1.0, np.inf], np.float32)
+  ends = np.array([1, 4, 5])
+  np.testing.assert_array_equal(train._nonfinite_groups(grads, params, ends),
+                                [False, True, True])
+  np.testing.assert_array_equal(
+      train._nonfinite_groups(grads, np.ones(6, np.float32), ends), [False, True, False])
