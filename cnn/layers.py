@@ -454,6 +454,15 @@ def _batch_stats(x: Array) -> tuple[Array, Array]:
   return mean, jnp.maximum(0.0, mean_sq - jnp.square(mean))
 
 
+def _batch_norm_forward(x, scale, bias, epsilon):
+  """(y, mean, var, inv, a): the output with its statistics, inv = (var + epsilon)
+  ^ -1/2 and the per-channel factor a = scale * inv that the derivative rule reuses."""
+  mean, var = _batch_stats(x)
+  inv = lax.rsqrt(var + epsilon)
+  a = scale * inv
+  return x * a + (bias - mean * a), mean, var, inv, a
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def batch_norm_train(x: Array, scale: Array, bias: Array,
                      epsilon: float) -> tuple[Array, Array, Array]:
@@ -471,9 +480,8 @@ def batch_norm_train(x: Array, scale: Array, bias: Array,
   the rule differentiates the unclipped variance, whose derivative 2 (x - mean) / m
   is 0 there too.
   """
-  mean, var = _batch_stats(x)
-  a = scale * lax.rsqrt(var + epsilon)
-  return x * a + (bias - mean * a), mean, var
+  y, mean, var, _, _ = _batch_norm_forward(x, scale, bias, epsilon)
+  return y, mean, var
 
 
 @batch_norm_train.defjvp
@@ -481,10 +489,7 @@ def _batch_norm_train_jvp(epsilon, primals, tangents):
   x, scale, bias = primals
   dx, dscale, dbias = tangents
   axes = tuple(range(x.ndim - 1))
-  mean, var = _batch_stats(x)
-  inv = lax.rsqrt(var + epsilon)
-  a = scale * inv
-  y = x * a + (bias - mean * a)
+  y, mean, var, inv, a = _batch_norm_forward(x, scale, bias, epsilon)
   dmean = jnp.mean(dx, axes)
   dvar = 2.0 * (jnp.mean(x * dx, axes) - mean * dmean)   # d E[(x - mean)^2]
   da = dscale * inv - 0.5 * a * inv * inv * dvar          # a = scale * (var + eps)^-1/2

@@ -172,7 +172,8 @@ def apply_update(state: TrainState, grads, new_stats, metrics, *, tx, schedule,
   # Finite gradients can still overflow in the update (a huge learning rate): the
   # new parameters are checked too, so no checkpoint ever holds a non-finite one.
   # One global flag; which groups were bad is worked out only on a bad step (below).
-  # Each tree is flattened once, for this flag, the groups and the gradient norm.
+  # Each tree is flattened once, for this flag, the groups and the global gradient
+  # norm (per-stage norms, when asked for, sum their own stages).
   flat_grads, flat_params = _flat(grads), _flat(new_params)
   ok = (jnp.all(jnp.isfinite(flat_grads)) & jnp.all(jnp.isfinite(flat_params))
         & jnp.isfinite(metrics["loss"]) & live)
